@@ -1,0 +1,146 @@
+"""The pretraining configuration: one dataclass, one help string per field.
+
+`cpc_tf.pretrain` turns every field into an absl flag, so the flagfiles in
+`flags/` and this file are the whole description of an experiment; the
+config is saved as `config.json` beside the checkpoints so that export and
+evaluation rebuild the same encoder and patch geometry.
+"""
+
+import dataclasses
+import json
+
+from cpc_tf.data import patches as patches_lib
+from cpc_tf.models import resnet
+from cpc_tf.train import strategy as strategy_lib
+
+MIXED_PRECISION = ("none", "bfloat16", "float16")
+
+
+def _field(default, help_text, choices=None):
+  return dataclasses.field(default=default,
+                           metadata={"help": help_text, "choices": choices})
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+  """CPC v2 pretraining (§4.1); defaults are the small CPU demo."""
+  model_dir: str = _field("", "Where checkpoints, summaries and the export "
+                          "go; an existing run there is resumed.")
+  dataset: str = _field(
+      "data/cifar10_demo", "A TFDS name (imagenet2012, stl10, cifar10, ...), "
+      "a folder of class sub-folders of images, or an .npz file / folder of "
+      "<split>.npz.")
+  data_dir: str = _field("", "TFDS data_dir (TFDS names only).")
+  split: str = _field("train", "Split of --dataset to pretrain on.")
+  train_steps: int = _field(1000, "Number of optimizer steps.")
+  batch_size: int = _field(64, "Global batch size in images.")
+  image_size: int = _field(32, "Images are resized and cropped to this side "
+                           "(paper: 240).")
+  patch_size: int = _field(8, "Side of a square patch (paper: 80).")
+  patch_stride: int = _field(4, "Stride between patches (paper: 32).")
+  encoder: str = _field("tiny", "Encoder preset.", tuple(resnet.PRESETS))
+  norm: str = _field("layer", "Encoder normalisation; batch only for the LN "
+                     "ablation of Fig. 3.", resnet.NORMS)
+  directions: int = _field(4, "Prediction directions: 1 top-down, 2 +bottom-"
+                           "up, 4 +left/right (§4.1 BU, HP).", (1, 2, 4))
+  target_dim: int = _field(64, "Dimension of the CPC targets and "
+                           "predictions.")
+  emb_scale: float = _field(0.1, "Scale of the predictions before the dot "
+                            "product.")
+  steps_to_ignore: int = _field(2, "Rows skipped before the first "
+                                "predicted row (appendix A.2).")
+  steps_to_predict: int = _field(3, "Predict rows i+1 for i in "
+                                 "[steps_to_ignore, steps_to_predict).")
+  context_dim: int = _field(256, "Hidden width of the PixelCNN context "
+                            "network.")
+  cross_replica_negatives: bool = _field(
+      False, "Gather CPC targets from all replicas, so negatives come from "
+      "the global batch (logits memory grows with the number of replicas).")
+  color_drop: bool = _field(True, "Per-patch colour dropping (§4.1 RC).")
+  auto_augment: bool = _field(True, "Per-patch AutoAugment primitives "
+                              "(§4.1 PA).")
+  elastic: bool = _field(False, "Per-patch random elastic deformation "
+                         "(§4.1 PA).")
+  color_jitter: bool = _field(True, "Per-patch colour transforms (§4.1 PA).")
+  jitter: int = _field(1, "Per-patch spatial jitter in pixels; 0 is off.")
+  flip: bool = _field(True, "Random horizontal flip of the whole image.")
+  learning_rate: float = _field(4e-4, "Peak Adam learning rate.")
+  warmup_steps: int = _field(100, "Linear warm-up steps; cosine decay to 0 "
+                             "after.")
+  strategy: str = _field("default", "tf.distribute strategy.",
+                         strategy_lib.STRATEGIES)
+  tpu: str = _field("", "TPU name or grpc:// address (--strategy=tpu).")
+  mixed_precision: str = _field("none", "Mixed precision compute dtype; "
+                                "bfloat16 for TPU and recent CPUs.",
+                                MIXED_PRECISION)
+  steps_per_loop: int = _field(20, "Optimizer steps per tf.function call.")
+  checkpoint_every: int = _field(200, "Save a checkpoint every N steps.")
+  keep_checkpoints: int = _field(3, "Checkpoints kept.")
+  summary_every: int = _field(20, "Write TensorBoard scalars every N steps.")
+  profile_steps: str = _field("", "'START,END': trace these steps with the "
+                              "TensorBoard profiler.")
+  cache_images: bool = _field(True, "Cache decoded images in memory (small "
+                              "data sets only).")
+  seed: int = _field(0, "Seed of the data order and augmentation.")
+  export: bool = _field(True, "Export the encoder SavedModel at the end.")
+
+  @property
+  def grid_size(self):
+    return patches_lib.grid_size(self.image_size, self.patch_size,
+                                 self.patch_stride)
+
+  def validate(self):
+    """Raises ValueError naming the first bad value and what is allowed."""
+    for f in dataclasses.fields(self):
+      choices = f.metadata["choices"]
+      if choices and getattr(self, f.name) not in choices:
+        raise ValueError(f"--{f.name}={getattr(self, f.name)!r}; allowed: "
+                         f"{', '.join(map(str, choices))}")
+    if not self.model_dir:
+      raise ValueError("--model_dir is required")
+    for name in ("train_steps", "batch_size", "image_size", "target_dim",
+                 "context_dim", "steps_per_loop", "checkpoint_every",
+                 "keep_checkpoints", "summary_every"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"--{name}={getattr(self, name)}; must be > 0")
+    for name in ("warmup_steps", "jitter", "steps_to_ignore"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"--{name}={getattr(self, name)}; must be >= 0")
+    if self.learning_rate <= 0:
+      raise ValueError(f"--learning_rate={self.learning_rate}; must be > 0")
+    if self.steps_to_predict <= self.steps_to_ignore:
+      raise ValueError(
+          f"--steps_to_predict={self.steps_to_predict} must be greater than "
+          f"--steps_to_ignore={self.steps_to_ignore}")
+    rows = self.grid_size
+    if self.steps_to_predict >= rows:
+      raise ValueError(
+          f"--steps_to_predict={self.steps_to_predict} needs a grid of more "
+          f"than {self.steps_to_predict} rows; this geometry gives {rows}")
+    if self.profile_steps:
+      parse_profile_steps(self.profile_steps)
+    return self
+
+  def save(self, path):
+    with open(path, "w") as f:
+      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+
+  @classmethod
+  def load(cls, path):
+    """Reads a config saved by `save`; unknown keys are ignored."""
+    with open(path) as f:
+      saved = json.load(f)
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+def parse_profile_steps(text):
+  """'START,END' -> (start, end) with 0 <= start < end."""
+  try:
+    start, end = (int(v) for v in text.split(","))
+  except ValueError:
+    start = end = -1
+  if not 0 <= start < end:
+    raise ValueError(f"--profile_steps={text!r}; expected 'START,END' with "
+                     "0 <= START < END")
+  return start, end

@@ -1,0 +1,159 @@
+"""Export the encoder f_theta as a SavedModel, then check it (§2.2, §4.3).
+
+Endpoints (the contract `detection/` and serving rely on):
+  serve        uint8 images [B, H, W, 3] -> {"latents": [B, rows, cols, D],
+               "pooled": [B, D]}; images are resized and centre-cropped to
+               the pretraining image size, cut into the pretraining patch
+               grid (test-time path: no augmentation). Also the default
+               serving signature.
+  serve_float  the same for float32 images in [0, 1].
+  latents_train  float32 patches [B, rows, cols, p, p, 3] in [0, 1] ->
+               latents, in training mode, for fine-tuning.
+  features     float32 images [B, H, W, 3] in [0, 1], H and W multiples of
+               32 -> {"2": stride 4, "3": 8, "4": 16, "5": 32} maps of the
+               encoder on the whole image (Model Garden level keys).
+`cpc_config.json` beside it records the pretraining configuration.
+
+Usage: python -m cpc_tf.export --model_dir=<pretraining dir> [--export_dir=]
+"""
+
+import os
+import shutil
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cpc_tf import config as config_lib
+from cpc_tf import cpc
+from cpc_tf.data import patches as patches_lib
+from cpc_tf.data import pipeline
+
+FEATURE_LEVELS = {"2": 4, "3": 8, "4": 16, "5": 32}
+CONFIG_FILE = "cpc_config.json"
+
+
+def dense_features(encoder, images):
+  """Maps at strides 4..32: for each level, the deepest stack output of at
+  most that stride, max-pooled down to it (like FPN's extra levels)."""
+  maps = encoder.feature_maps(images, training=False)
+  features = {}
+  for level, stride in FEATURE_LEVELS.items():
+    below = [(s, m) for s, m in maps if s <= stride]
+    source_stride, feature = below[-1] if below else maps[0]
+    factor = stride // source_stride
+    if factor > 1:
+      feature = tf.nn.max_pool2d(feature, factor, factor, padding="SAME")
+    features[level] = feature
+  return features
+
+
+def encode_images(encoder, images, config):
+  """Test-time path: images (uint8 or float in [0, 1]) -> latents, pooled."""
+  images = pipeline.preprocess_batch(images, config.image_size)
+  grid = patches_lib.extract_patches(images, config.patch_size,
+                                     config.patch_stride)
+  latents = encoder(grid, training=False)
+  return {"latents": latents, "pooled": tf.reduce_mean(latents, [1, 2])}
+
+
+def _write(encoder, config, path):
+  rows, p = config.grid_size, config.patch_size
+  archive = keras.export.ExportArchive()
+  archive.track(encoder)
+  images = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+  archive.add_endpoint("serve", lambda x: encode_images(encoder, x, config),
+                       images)
+  archive.add_endpoint(
+      "serve_float", lambda x: encode_images(encoder, x, config),
+      [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+  archive.add_endpoint(
+      "latents_train", lambda x: encoder(x, training=True),
+      [tf.TensorSpec([None, rows, rows, p, p, 3], tf.float32,
+                     name="patches")])
+  archive.add_endpoint(
+      "features", lambda x: dense_features(encoder, x),
+      [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+  archive.write_out(path, verbose=False)
+  config.save(os.path.join(path, CONFIG_FILE))
+
+
+def verify(encoder, config, path, batch_size=2, atol=1e-4):
+  """Reloads the export and checks it against the Keras encoder."""
+  rng = np.random.default_rng(0)
+  size = config.image_size + 5
+  images = rng.integers(0, 256, [batch_size, size, size + 3, 3], np.uint8)
+  expected = encode_images(encoder, tf.constant(images), config)
+  reloaded = tf.saved_model.load(path)
+  got = reloaded.serve(tf.constant(images))
+  for key in ("latents", "pooled"):
+    np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(),
+                               atol=atol, rtol=1e-4,
+                               err_msg=f"export {path}: {key} differs")
+  side = 64
+  whole = tf.constant(rng.random([1, side, side, 3]), tf.float32)
+  features = reloaded.features(whole)
+  for level, stride in FEATURE_LEVELS.items():
+    shape = tuple(features[level].shape[1:3])
+    if shape != (side // stride, side // stride):
+      raise AssertionError(f"export {path}: level {level} has spatial shape "
+                           f"{shape}, expected stride {stride}")
+
+
+def export_encoder(encoder, config, export_dir):
+  """Writes to a temporary directory, verifies, then swaps it in, so a failed
+  write never leaves a broken export in place of a good one."""
+  export_dir = export_dir.rstrip("/")
+  staging, previous = export_dir + ".staging", export_dir + ".previous"
+  for leftover in (staging, previous):
+    shutil.rmtree(leftover, ignore_errors=True)
+  _write(encoder, config, staging)
+  verify(encoder, config, staging)
+  if os.path.exists(export_dir):
+    os.rename(export_dir, previous)
+  os.rename(staging, export_dir)
+  shutil.rmtree(previous, ignore_errors=True)
+  logging.info("Exported and verified the encoder SavedModel at %s",
+               export_dir)
+  return export_dir
+
+
+def load_config(export_dir):
+  """The PretrainConfig an export was made with."""
+  return config_lib.PretrainConfig.load(os.path.join(export_dir, CONFIG_FILE))
+
+
+def encoder_from_checkpoint(model_dir):
+  """Rebuilds the encoder of a pretraining run and restores its newest
+  checkpoint; returns (encoder, config)."""
+  config = config_lib.PretrainConfig.load(
+      os.path.join(model_dir, "config.json"))
+  model = cpc.build_model(config)
+  latest = tf.train.latest_checkpoint(model_dir)
+  if latest is None:
+    raise ValueError(f"no checkpoint in {model_dir}")
+  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  return model.encoder, config
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Pretraining directory (config.json "
+                    "and checkpoints).")
+flags.DEFINE_string("export_dir", None, "Where to write the SavedModel; "
+                    "default <model_dir>/export.")
+
+
+def main(argv):
+  del argv
+  encoder, config = encoder_from_checkpoint(FLAGS.model_dir)
+  path = export_encoder(encoder, config, FLAGS.export_dir
+                        or os.path.join(FLAGS.model_dir, "export"))
+  print(f"SavedModel: {path}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("model_dir")
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Encoders (LN ResNet-v2) and classification heads."""

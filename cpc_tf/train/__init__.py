@@ -1,0 +1,1 @@
+"""Distribution strategies and the custom training loop."""

@@ -15,6 +15,7 @@ Endpoints (the contract `detection/` and serving rely on):
 `cpc_config.json` beside it records the pretraining configuration.
 
 Usage: python -m cpc_tf.export --model_dir=<pretraining dir> [--export_dir=]
+       [--untrained]  (the same encoder, randomly initialised: a control)
 """
 
 import os
@@ -126,12 +127,16 @@ def load_config(export_dir):
   return config_lib.PretrainConfig.load(os.path.join(export_dir, CONFIG_FILE))
 
 
-def encoder_from_checkpoint(model_dir):
+def encoder_from_checkpoint(model_dir, untrained=False):
   """Rebuilds the encoder of a pretraining run and restores its newest
-  checkpoint; returns (encoder, config)."""
+  checkpoint (or keeps the random initialisation, for the random-init
+  controls); returns (encoder, config)."""
   config = config_lib.PretrainConfig.load(
       os.path.join(model_dir, "config.json"))
+  keras.utils.set_random_seed(config.seed)
   model = cpc.build_model(config)
+  if untrained:
+    return model.encoder, config
   latest = tf.train.latest_checkpoint(model_dir)
   if latest is None:
     raise ValueError(f"no checkpoint in {model_dir}")
@@ -139,21 +144,23 @@ def encoder_from_checkpoint(model_dir):
   return model.encoder, config
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Pretraining directory (config.json "
-                    "and checkpoints).")
-flags.DEFINE_string("export_dir", None, "Where to write the SavedModel; "
-                    "default <model_dir>/export.")
-
-
 def main(argv):
   del argv
-  encoder, config = encoder_from_checkpoint(FLAGS.model_dir)
+  FLAGS = flags.FLAGS
+  encoder, config = encoder_from_checkpoint(FLAGS.model_dir,
+                                            FLAGS.untrained)
   path = export_encoder(encoder, config, FLAGS.export_dir
                         or os.path.join(FLAGS.model_dir, "export"))
   print(f"SavedModel: {path}")
 
 
 if __name__ == "__main__":
+  # Defined here only: pretraining imports this module and owns --model_dir.
+  flags.DEFINE_string("model_dir", None, "Pretraining directory "
+                      "(config.json and checkpoints).")
+  flags.DEFINE_string("export_dir", None, "Where to write the SavedModel; "
+                      "default <model_dir>/export.")
+  flags.DEFINE_bool("untrained", False, "Export the randomly initialised "
+                    "encoder of this configuration (random-init control).")
   flags.mark_flag_as_required("model_dir")
   app.run(main)

@@ -8,7 +8,10 @@ run before any work with a one-line message.
 """
 
 import dataclasses
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's C++ logs quiet.
 
 from absl import app
 from absl import flags

@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 
 from cpc_tf.models.resnet import Encoder, PRESETS  # noqa: E402
 
-EXPECTED_DIMS = {"tiny": 512, "resnet50": 2048, "resnet101": 2048,
+EXPECTED_DIMS = {"tiny": 256, "resnet50": 2048, "resnet101": 2048,
                  "resnet152": 2048, "resnet200": 2048, "resnet161": 4096}
 
 
@@ -129,8 +129,8 @@ def test_feature_maps_strides_tiny():
   images = tf.random.stateless_uniform([2, 16, 16, 3], seed=(4, 0))
   maps = encoder.feature_maps(images)
   assert [s for s, _ in maps] == [1, 2]
-  assert [tuple(m.shape) for _, m in maps] == [(2, 16, 16, 256),
-                                               (2, 8, 8, 512)]
+  assert [tuple(m.shape) for _, m in maps] == [(2, 16, 16, 128),
+                                               (2, 8, 8, 256)]
 
 
 def test_latents_are_pooled_last_feature_map():

@@ -58,8 +58,8 @@ PRESETS = {
     "resnet200": _resnet_v2((3, 24, 36, 3)),
     # A genuine LN ResNet-v2 bottleneck encoder small enough for a CPU demo
     # on 8x8 patches: 3x3 stem without pooling, two stacks.
-    "tiny": Preset(64, 3, 1, False, (
-        Stack(1, 64, 256, 1), Stack(2, 128, 512, 2))),
+    "tiny": Preset(32, 3, 1, False, (
+        Stack(1, 32, 128, 1), Stack(2, 64, 256, 2))),
 }
 
 NORMS = ("layer", "batch")

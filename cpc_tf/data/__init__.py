@@ -1,0 +1,1 @@
+"""Image sources, patch grids, per-patch augmentation, tf.data pipelines."""

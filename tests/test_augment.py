@@ -1,0 +1,135 @@
+"""Per-patch augmentation (cpc_tf/data/augment.py), run inside tf.data."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cpc_tf.data import augment
+
+P = 8
+SWITCHES = {
+    "color_drop": augment.AugmentConfig(color_drop=True),
+    "auto_augment": augment.AugmentConfig(auto_augment=True),
+    "elastic": augment.AugmentConfig(elastic=True),
+    "color_jitter": augment.AugmentConfig(color_jitter=True),
+    "jitter": augment.AugmentConfig(jitter=2),
+}
+
+
+def run(layer, patches, training=True):
+  """Applies `layer` the way the pipeline does: in a tf.data map."""
+  dataset = tf.data.Dataset.from_tensors(patches).map(
+      lambda x: layer(x, training=training))
+  return next(iter(dataset)).numpy()
+
+
+def tiled(batch=2, rows=7, cols=7):
+  """Patches that are all the same random 8x8 RGB patch."""
+  patch = np.random.RandomState(0).uniform(0.05, 0.95, (P, P, 3))
+  return np.broadcast_to(patch, (batch, rows, cols, P, P, 3)).astype(
+      np.float32)
+
+
+def distinct(patches):
+  flat = patches.reshape(-1, P * P * 3).round(4)
+  return len(np.unique(flat, axis=0))
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_each_switch_transforms_patches_differently(name):
+  patches = tiled()
+  out = run(augment.PatchAugmentation(SWITCHES[name], P, seed=1), patches)
+  assert out.shape == patches.shape
+  assert not np.array_equal(out, patches)
+  # Identical inputs, so differences come from per-patch parameters; colour
+  # drop has 3 outcomes, jitter 25 shifts, the others continuous ones.
+  assert distinct(out) >= {"color_drop": 3, "jitter": 10}.get(name, 60)
+  assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("config", [
+    augment.AugmentConfig(), augment.AugmentConfig(flip=True),
+    augment.AugmentConfig.paper(P)], ids=["off", "flip_only", "paper"])
+def test_test_path_is_exact_identity(config):
+  patches = np.random.RandomState(1).uniform(size=(2, 3, 3, P, P, 3)).astype(
+      np.float32)
+  layer = augment.PatchAugmentation(config, P, seed=0)
+  np.testing.assert_array_equal(run(layer, patches, training=False), patches)
+  if config == augment.AugmentConfig.paper(P):
+    return
+  # Nothing per patch is on (flip is the pipeline's): identity in training.
+  np.testing.assert_array_equal(run(layer, patches), patches)
+
+
+def test_everything_on_keeps_shape_and_range():
+  rng = np.random.RandomState(2)
+  patches = rng.choice([0.0, 1.0, 0.3], size=(2, 4, 5, P, P, 3)).astype(
+      np.float32)
+  out = run(augment.PatchAugmentation(augment.AugmentConfig.paper(P), P,
+                                      seed=0), patches)
+  assert out.shape == patches.shape and out.dtype == np.float32
+  assert 0.0 <= out.min() and out.max() <= 1.0
+  assert distinct(out) == out.shape[0] * 4 * 5
+
+
+def test_color_drop_keeps_exactly_one_channel_per_patch():
+  patches = np.random.RandomState(3).uniform(0.6, 1.0, (4, 7, 7, P, P, 3))
+  patches = patches.astype(np.float32)
+  out = run(augment.PatchAugmentation(augment.AugmentConfig(color_drop=True),
+                                      P, seed=0), patches)
+  kept = np.all(out == patches, axis=(3, 4))  # [B, rows, cols, 3]
+  gray = np.all(out == 0.5, axis=(3, 4))
+  np.testing.assert_array_equal(kept.sum(-1), 1)
+  np.testing.assert_array_equal(kept | gray, True)
+  assert set(np.argmax(kept, -1).ravel()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("config", [augment.AugmentConfig(elastic=True),
+                                    augment.AugmentConfig(jitter=3)])
+def test_geometric_changes_only_move_pixels(config):
+  patches = np.full((1, 2, 2, P, P, 3), 0.25, np.float32)
+  out = run(augment.PatchAugmentation(config, P, seed=0), patches)
+  np.testing.assert_allclose(out, patches, atol=1e-6)
+
+
+def test_same_seed_same_output_other_seed_differs():
+  patches = tiled(batch=1)
+  config = augment.AugmentConfig.paper(P)
+  first = run(augment.PatchAugmentation(config, P, seed=5), patches)
+  again = run(augment.PatchAugmentation(config, P, seed=5), patches)
+  other = run(augment.PatchAugmentation(config, P, seed=6), patches)
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+def test_keras_layers_draw_parameters_per_sample():
+  """Each random Keras layer used, on a batch of identical patches, must
+  give different outputs (a per-batch parameter would give one)."""
+  layer = augment.PatchAugmentation(
+      augment.AugmentConfig(auto_augment=True, color_jitter=True, jitter=2),
+      P, seed=0)
+  same = tiled(batch=1, rows=8, cols=8).reshape(64, P, P, 3)
+  keras_layers = layer.auto_augment_layers + [layer.color_jitter_layer,
+                                              layer.jitter_layer]
+  for keras_layer in keras_layers:
+    if isinstance(keras_layer, (keras.layers.AutoContrast,
+                                keras.layers.Equalization)):
+      continue  # No random parameter.
+    out = run(keras_layer, same)
+    assert distinct(out) > 1, type(keras_layer).__name__
+
+
+def test_stays_float32_under_mixed_precision():
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    layer = augment.PatchAugmentation(augment.AugmentConfig.paper(P), P)
+    out = run(layer, tiled(batch=1))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert out.dtype == np.float32
+
+
+def test_jitter_must_be_smaller_than_patch():
+  with pytest.raises(ValueError, match="jitter=8"):
+    augment.PatchAugmentation(augment.AugmentConfig(jitter=8), P)

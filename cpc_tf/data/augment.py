@@ -80,6 +80,7 @@ class PatchAugmentation(keras.layers.Layer):
                        f"patch_size={patch_size}")
     self.config = config
     self.patch_size = patch_size
+    self.seed = seed or 0
     # One independent seed per random layer (equal seeds give equal draws).
     rng = np.random.default_rng(seed)
 
@@ -120,6 +121,20 @@ class PatchAugmentation(keras.layers.Layer):
                   self.color_jitter_layer]:
       if layer is not None:
         layer.build(folded)
+
+  def reseed(self, batch_index):
+    """Sets every random state of this layer from (seed, batch_index), so
+    a batch's augmentation depends only on its index: a resumed run
+    augments batch k exactly as the uninterrupted run did. Each state's
+    second word counts the draws within the batch."""
+    states = [v for v in self.variables if v.dtype != "float32"]
+    batch_index = tf.cast(batch_index, "int64")
+    ops = []
+    for k, state in enumerate(states):
+      value = tf.stack([tf.constant(self.seed * 7919 + k, tf.int64),
+                        batch_index * 4096])
+      ops.append(state.assign(tf.cast(value, state.dtype)))
+    return ops
 
   def call(self, patches, training=False):
     config = self.config

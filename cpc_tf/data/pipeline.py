@@ -89,16 +89,21 @@ def patch_dataset(source_dataset, *, batch_size, image_size, patch_size,
   patches_lib.grid_size(image_size, patch_size, patch_stride)
   augmentation = augment_lib.PatchAugmentation(augment, patch_size, seed=seed)
   dataset = source_dataset
-  if input_context:
-    dataset = dataset.shard(input_context.num_input_pipelines,
-                            input_context.input_pipeline_id)
   if cache:
     dataset = dataset.cache()
   if training:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
   # Each example's position seeds its crop and flip, so they do not depend
   # on map parallelism and a resumed run crops as the original did.
-  dataset = dataset.enumerate().skip(skip_batches * batch_size)
+  dataset = dataset.enumerate()
+  workers, worker = 1, 0
+  if input_context:
+    # Sharded after the seeded shuffle: the workers' step-k batches together
+    # hold exactly the images of a single worker's step-k global batch.
+    workers = input_context.num_input_pipelines
+    worker = input_context.input_pipeline_id
+    dataset = dataset.shard(workers, worker)
+  dataset = dataset.skip(skip_batches * batch_size)
 
   def crop(index, example):
     image, label = example
@@ -109,15 +114,18 @@ def patch_dataset(source_dataset, *, batch_size, image_size, patch_size,
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return image, label
 
-  def cut(images, labels):
-    grid = augmentation(
-        patches_lib.extract_patches(images, patch_size, patch_stride),
-        training=training)
+  def cut(batch_index, batch):
+    images, labels = batch
+    with tf.control_dependencies(
+        augmentation.reseed(batch_index * workers + worker)):
+      grid = augmentation(
+          patches_lib.extract_patches(images, patch_size, patch_stride),
+          training=training)
     return (grid, labels) if with_labels else grid
 
   dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   # Sequential: the augmentation's random state is a variable, and
-  # concurrent calls would race for it.
-  dataset = dataset.map(cut)
+  # concurrent calls would race for it. It is reset from the batch index.
+  dataset = dataset.enumerate(start=skip_batches).map(cut)
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -4,14 +4,23 @@ Several optimizer steps run inside one `tf.function` call; the loop resumes
 from the newest checkpoint in `model_dir` (step counter, weights, optimizer
 state; the data position is the step counter, which the caller's
 `dataset_fn` skips to). Only the chief writes checkpoints and summaries.
+A step whose loss or gradients are not finite is not applied; after
+`max_bad_steps` such steps in a row the run stops. SIGTERM (preemption)
+saves a checkpoint and stops cleanly.
 """
 
+import signal
+import tempfile
 import time
 
 from absl import logging
 import tensorflow as tf
 
 from cpc_tf.train import strategy as strategy_lib
+
+
+class DivergenceError(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 def _format_seconds(seconds):
@@ -26,12 +35,15 @@ class Trainer:
   scaled by 1/replicas because the optimizer sums gradients over replicas.
   `dataset_fn(input_context, skip_batches)` builds one worker's dataset of
   per-replica batches, starting `skip_batches` batches in.
+  `on_checkpoint(step) -> bool`, if given, runs at every checkpoint step
+  (not on preemption) before the checkpoint is written, e.g. to validate;
+  True ends training there (early stopping).
   """
 
   def __init__(self, *, strategy, model_dir, model, optimizer, compute_loss,
                dataset_fn, global_batch_size, train_steps, steps_per_loop,
                checkpoint_every, summary_every, keep_checkpoints=3,
-               profile_steps=None):
+               profile_steps=None, max_bad_steps=10, on_checkpoint=None):
     self.strategy = strategy
     self.model_dir = model_dir
     self.model = model
@@ -44,15 +56,19 @@ class Trainer:
     self.checkpoint_every = checkpoint_every
     self.summary_every = summary_every
     self.profile_steps = profile_steps
+    self.max_bad_steps = max_bad_steps
+    self.on_checkpoint = on_checkpoint
     self.is_chief = strategy_lib.is_chief(strategy)
     with strategy.scope():
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False,
                               name="global_step")
+      self.bad_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                   name="consecutive_bad_steps")
     self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                           step=self.step)
-    # Non-chief workers write to a scratch directory that is never read.
-    directory = (model_dir if self.is_chief
-                 else tf.io.gfile.join(model_dir, "_worker_scratch"))
+    # Every worker saves (saving may synchronise), but only the chief into
+    # model_dir; the others into a scratch directory that is never read.
+    directory = model_dir if self.is_chief else tempfile.mkdtemp()
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, directory, max_to_keep=keep_checkpoints)
     self.writer = (tf.summary.create_file_writer(model_dir) if self.is_chief
@@ -66,29 +82,62 @@ class Trainer:
       logging.info("Resumed from %s at step %d", path, int(self.step))
     return int(self.step)
 
-  def _replica_step(self, batch):
+  def _replica_gradients(self, batch):
     with tf.GradientTape() as tape:
       outputs = self.compute_loss(self.model, batch)
       loss = tf.cast(outputs["loss"], tf.float32)
       scaled = loss / self.strategy.num_replicas_in_sync
-    variables = self.model.trainable_variables
-    grads = tape.gradient(scaled, variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
-    return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+    grads = tape.gradient(scaled, self.model.trainable_variables)
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                            for g in grads if g is not None])
+    bad = 1.0 - tf.cast(finite & tf.math.is_finite(loss), tf.float32)
+    return grads, bad, {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+
+  def _replica_apply(self, grads):
+    self.optimizer.apply_gradients(
+        zip(grads, self.model.trainable_variables))
+
+  def _train_step(self, batch):
+    """One step; the update is skipped (on every replica) if any replica
+    saw a non-finite loss or gradient. The condition is taken outside the
+    replica function: synchronising inside a replica's cond is not
+    supported by tf.distribute."""
+    grads, bad, outputs = self.strategy.run(self._replica_gradients,
+                                            args=(batch,))
+    applied = self.strategy.reduce("SUM", bad, axis=None) == 0
+
+    def apply():
+      self.strategy.run(self._replica_apply, args=(grads,))
+      self.bad_steps.assign(0)
+      return tf.constant(0.0)
+
+    def skip():
+      self.bad_steps.assign_add(1)
+      return tf.constant(1.0)
+
+    skipped = tf.cond(applied, apply, skip)
+    means = {k: self.strategy.reduce("MEAN", v, axis=None)
+             for k, v in outputs.items()}
+    return means, skipped
 
   def _make_train_fn(self):
     def train_steps(iterator, num_steps):
       totals = None
+      skipped = 0.0
       for _ in tf.range(num_steps):
-        outputs = self.strategy.run(self._replica_step,
-                                    args=(next(iterator),))
-        means = {k: self.strategy.reduce("MEAN", v, axis=None)
-                 for k, v in outputs.items()}
+        means, skip = self._train_step(next(iterator))
+        # Averages over applied steps only (a skipped step's loss is NaN).
+        means = {k: tf.where(skip > 0, 0.0, v) for k, v in means.items()}
         totals = (means if totals is None else
                   {k: totals[k] + means[k] for k in totals})
+        skipped += skip
         self.step.assign_add(1)
-      return {k: v / tf.cast(num_steps, tf.float32)
-              for k, v in totals.items()}
+        if self.bad_steps >= self.max_bad_steps:
+          break
+      applied = tf.maximum(tf.cast(num_steps, tf.float32) - skipped, 1.0)
+      metrics = {k: v / applied for k, v in totals.items()}
+      metrics["skipped_steps"] = skipped
+      return metrics
     return tf.function(train_steps)
 
   def _next_stop(self, step):
@@ -107,17 +156,32 @@ class Trainer:
       tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
       tf.summary.scalar("images_per_sec", images_per_sec)
 
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint after the current steps")
+    self._preempted = True
+
   def train(self):
     """Runs until `train_steps`; returns the last averaged metrics."""
-    step = self.restore()
-    if step >= self.train_steps:
-      logging.info("Already trained %d of %d steps", step, self.train_steps)
-      return {}
-    dataset = self.strategy.distribute_datasets_from_function(
-        lambda ctx: self.dataset_fn(ctx, step))
-    iterator = iter(dataset)
-    if self._train_fn is None:
-      self._train_fn = self._make_train_fn()
+    self._preempted = False
+    previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+    try:
+      step = self.restore()
+      if step >= self.train_steps:
+        logging.info("Already trained %d of %d steps", step,
+                     self.train_steps)
+        return {}
+      dataset = self.strategy.distribute_datasets_from_function(
+          lambda ctx: self.dataset_fn(ctx, step))
+      iterator = iter(dataset)
+      if self._train_fn is None:
+        self._train_fn = self._make_train_fn()
+      return self._run(iterator, step)
+    finally:
+      signal.signal(signal.SIGTERM, previous_handler)
+      self.writer.flush()
+
+  def _run(self, iterator, step):
     start_step, start_time = step, time.time()
     metrics = {}
     profiling = False
@@ -130,24 +194,43 @@ class Trainer:
       metrics = self._train_fn(iterator, tf.constant(stop - step))
       metrics = {k: float(v) for k, v in metrics.items()}
       elapsed = time.time() - tick
-      images_per_sec = (stop - step) * self.global_batch_size / elapsed
-      step = stop
+      done, step = int(self.step) - step, int(self.step)
+      if int(self.bad_steps) >= self.max_bad_steps:
+        raise DivergenceError(
+            f"{int(self.bad_steps)} consecutive steps with a non-finite loss "
+            f"or gradient (up to step {step}); stopped without saving. The "
+            f"last good checkpoint in {self.model_dir} is intact: lower "
+            "--learning_rate or check the data, then rerun to resume.")
+      images_per_sec = done * self.global_batch_size / elapsed
       if profiling and step >= self.profile_steps[1]:
         tf.profiler.experimental.stop()
         profiling = False
+      stop_early = bool(
+          self.on_checkpoint and not self._preempted and
+          (step % self.checkpoint_every == 0 or step == self.train_steps)
+          and self.on_checkpoint(step))
       if step % self.summary_every == 0 or step == self.train_steps:
         self._write_scalars(step, metrics, images_per_sec)
-      if step % self.checkpoint_every == 0 or step == self.train_steps:
+      if (step % self.checkpoint_every == 0 or step == self.train_steps
+          or self._preempted):
         self.manager.save(checkpoint_number=step)
       rate = (step - start_step) / max(time.time() - start_time, 1e-9)
       eta = (self.train_steps - step) / max(rate, 1e-9)
       logging.info(
-          "step %d/%d  loss %.4f  %s  %.1f img/s  ETA %s", step,
+          "step %d/%d  loss %.4f  %s  %.1f img/s  ETA %s%s", step,
           self.train_steps, metrics["loss"],
           "  ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items())
                     if k.startswith("accuracy")),
-          images_per_sec, _format_seconds(eta))
+          images_per_sec, _format_seconds(eta),
+          f"  ({metrics['skipped_steps']:.0f} non-finite steps skipped)"
+          if metrics["skipped_steps"] else "")
+      if self._preempted:
+        logging.warning("Preempted at step %d; checkpoint saved, rerun the "
+                        "same command to resume", step)
+        break
+      if stop_early:
+        logging.info("Stopped early at step %d", step)
+        break
     if profiling:
       tf.profiler.experimental.stop()
-    self.writer.flush()
     return metrics

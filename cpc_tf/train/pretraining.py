@@ -104,7 +104,8 @@ def pretrain(config):
   if trainer.is_chief and trainer.manager.latest_checkpoint is None:
     _log_first_batch(trainer.writer, dataset_fn)
   metrics = trainer.train()
-  if config.export and trainer.is_chief:
+  if (config.export and trainer.is_chief
+      and int(trainer.step) >= config.train_steps):
     export.export_encoder(model.encoder, config,
                           os.path.join(config.model_dir, "export"))
   return dict(metrics, step=int(trainer.step))

@@ -1,0 +1,151 @@
+"""Faults a long run must survive: non-finite steps, SIGTERM, SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cpc_tf.train import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def toy_trainer(model_dir, poisoned, train_steps=8, max_bad_steps=3):
+  """A linear model fed batch i = ones * i, NaN for i in `poisoned`."""
+  keras.utils.set_random_seed(0)
+  strategy = tf.distribute.get_strategy()
+  model = keras.Sequential([keras.layers.Dense(1)])
+  model.build((None, 2))
+  optimizer = keras.optimizers.Adam(0.01)
+  optimizer.build(model.trainable_variables)
+
+  def dataset_fn(ctx, skip):
+    del ctx
+    values = [float("nan") if i in poisoned else float(i)
+              for i in range(100)]
+    return tf.data.Dataset.from_tensor_slices(values).skip(skip).map(
+        lambda v: tf.fill([4, 2], v))
+
+  def compute_loss(m, batch):
+    return {"loss": tf.reduce_mean(tf.square(m(batch) - 1.0))}
+
+  return loop.Trainer(
+      strategy=strategy, model_dir=str(model_dir), model=model,
+      optimizer=optimizer, compute_loss=compute_loss, dataset_fn=dataset_fn,
+      global_batch_size=4, train_steps=train_steps, steps_per_loop=2,
+      checkpoint_every=2, summary_every=2, max_bad_steps=max_bad_steps)
+
+
+def test_non_finite_step_is_not_applied(tmp_path):
+  trainer = toy_trainer(tmp_path / "a", poisoned={3})
+  metrics = trainer.train()
+  assert int(trainer.step) == 8
+  assert int(trainer.optimizer.iterations) == 7  # Step 3 was skipped.
+  assert all(np.isfinite(w).all() for w in trainer.model.get_weights())
+  assert np.isfinite(metrics["loss"])
+  # The same run without the bad batch at all differs only by that step:
+  # its first three updates are identical.
+  reference = toy_trainer(tmp_path / "b", poisoned=set(), train_steps=2)
+  reference.train()
+  restored = toy_trainer(tmp_path / "c", poisoned={3}, train_steps=2)
+  restored.train()
+  for got, want in zip(restored.model.get_weights(),
+                       reference.model.get_weights()):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  trainer = toy_trainer(tmp_path, poisoned=set(range(4, 100)),
+                        train_steps=20, max_bad_steps=3)
+  with pytest.raises(loop.DivergenceError, match="consecutive"):
+    trainer.train()
+  # Steps 4 and 5 were skipped, so ckpt-6 holds the weights of step 4;
+  # the third bad step in a row (6) stopped the run before any save.
+  latest = tf.train.latest_checkpoint(str(tmp_path))
+  assert latest.endswith("ckpt-6")
+  last, good = (tf.train.load_checkpoint(str(tmp_path / name))
+                for name in ("ckpt-6", "ckpt-4"))
+  names = [n for n in last.get_variable_to_shape_map()
+           if n.startswith(("model/", "optimizer/_trainable_variables"))]
+  assert names
+  for name in names:
+    assert np.isfinite(last.get_tensor(name)).all(), name
+    np.testing.assert_array_equal(last.get_tensor(name), good.get_tensor(name))
+
+
+def pretrain_command(model_dir, *extra):
+  return [sys.executable, "-m", "cpc_tf.pretrain",
+          "--flagfile=flags/demo_cpu.flags", f"--model_dir={model_dir}",
+          "--batch_size=4", "--directions=1", "--steps_per_loop=1",
+          "--summary_every=1", "--checkpoint_every=3", "--export=false",
+          "--seed=1", *extra]
+
+
+def scalar_series(model_dir, tag):
+  series = {}
+  for name in sorted(os.listdir(model_dir)):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(
+          os.path.join(model_dir, name)):
+        for value in event.summary.value:
+          if value.tag == tag:
+            series[event.step] = tf.make_ndarray(value.tensor).item()
+  return series
+
+
+def wait_for_checkpoint(model_dir, process, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if tf.train.latest_checkpoint(model_dir):
+      return
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.5)
+  raise TimeoutError(f"no checkpoint in {model_dir} after {timeout}s")
+
+
+def test_sigterm_checkpoints_and_sigkill_resumes_exactly(tmp_path):
+  straight = str(tmp_path / "straight")
+  subprocess.run(pretrain_command(straight, "--train_steps=12"), cwd=ROOT,
+                 check=True, capture_output=True, timeout=600)
+  run = str(tmp_path / "run")
+  # SIGKILL at an arbitrary moment after the first checkpoint.
+  process = subprocess.Popen(pretrain_command(run, "--train_steps=12"),
+                             cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  wait_for_checkpoint(run, process)
+  time.sleep(1.7)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+  # SIGTERM once training is under way: a checkpoint at the step reached,
+  # then a clean exit.
+  process = subprocess.Popen(pretrain_command(run, "--train_steps=12"),
+                             cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  log = []
+  for line in process.stderr:
+    log.append(line)
+    if "loop.py" in line and "/12 " in line:
+      process.send_signal(signal.SIGTERM)
+      break
+  log += process.stderr.readlines()
+  assert process.wait(timeout=120) == 0, "".join(log)
+  preempted = [l for l in log if "Preempted at step" in l]
+  assert preempted, "".join(log)
+  saved_step = int(tf.train.load_variable(
+      tf.train.latest_checkpoint(run), "step/.ATTRIBUTES/VARIABLE_VALUE"))
+  assert f"Preempted at step {saved_step};" in preempted[0]
+  assert saved_step < 12
+  # The same command again finishes the run.
+  subprocess.run(pretrain_command(run, "--train_steps=12"), cwd=ROOT,
+                 check=True, capture_output=True, timeout=600)
+  want, got = (scalar_series(straight, "loss"), scalar_series(run, "loss"))
+  assert sorted(want) == list(range(1, 13))
+  for step in want:
+    np.testing.assert_allclose(got[step], want[step], rtol=1e-5,
+                               err_msg=f"loss at step {step}")

@@ -79,8 +79,8 @@ class Trainer:
     """Restores the newest checkpoint, if any; returns the step reached."""
     path = self.manager.restore_or_initialize()
     if path:
-      logging.info("Resumed from %s at step %d", path, int(self.step))
-    return int(self.step)
+      logging.info("Resumed from %s at step %d", path, int(self.step.numpy()))
+    return int(self.step.numpy())
 
   def _replica_gradients(self, batch):
     with tf.GradientTape() as tape:
@@ -194,10 +194,10 @@ class Trainer:
       metrics = self._train_fn(iterator, tf.constant(stop - step))
       metrics = {k: float(v) for k, v in metrics.items()}
       elapsed = time.time() - tick
-      done, step = int(self.step) - step, int(self.step)
-      if int(self.bad_steps) >= self.max_bad_steps:
+      done, step = int(self.step.numpy()) - step, int(self.step.numpy())
+      if int(self.bad_steps.numpy()) >= self.max_bad_steps:
         raise DivergenceError(
-            f"{int(self.bad_steps)} consecutive steps with a non-finite loss "
+            f"{int(self.bad_steps.numpy())} consecutive steps with a non-finite loss "
             f"or gradient (up to step {step}); stopped without saving. The "
             f"last good checkpoint in {self.model_dir} is intact: lower "
             "--learning_rate or check the data, then rerun to resume.")

@@ -105,8 +105,8 @@ def pretrain(config):
     _log_first_batch(trainer.writer, dataset_fn)
   metrics = trainer.train()
   if (config.export and trainer.is_chief
-      and int(trainer.step) >= config.train_steps):
+      and int(trainer.step.numpy()) >= config.train_steps):
     export.export_encoder(model.encoder, config,
                           os.path.join(config.model_dir, "export"))
-  return dict(metrics, step=int(trainer.step))
+  return dict(metrics, step=int(trainer.step.numpy()))
 

@@ -8,6 +8,8 @@ evaluation rebuild the same encoder and patch geometry.
 
 import dataclasses
 import json
+import os
+import tempfile
 
 from cpc_tf.data import patches as patches_lib
 from cpc_tf.models import resnet
@@ -119,6 +121,7 @@ class PretrainConfig:
           f"than {self.steps_to_predict} rows; this geometry gives {rows}")
     if self.profile_steps:
       parse_profile_steps(self.profile_steps)
+    check_writable(self.model_dir, "--model_dir")
     return self
 
   def save(self, path):
@@ -144,3 +147,17 @@ def parse_profile_steps(text):
     raise ValueError(f"--profile_steps={text!r}; expected 'START,END' with "
                      "0 <= START < END")
   return start, end
+
+
+def check_writable(directory, flag):
+  """Fails early (not after hours of training) if `directory` can't be
+  created or written. Remote paths (gs://, ...) are left to TensorFlow."""
+  if "://" in directory:
+    return
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory):
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag}={directory} is not writable: "
+                     f"{e.strerror}") from None

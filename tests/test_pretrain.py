@@ -105,11 +105,13 @@ def test_summaries_and_config_are_written(tmp_path):
     (["--encoder=resnet9"], "encoder"),
     (["--strategy=gpu"], "strategy"),
     (["--directions=3"], "directions"),
+    (["--dataset=no_such_dataset_or_path"], "no_such_dataset_or_path"),
+    (["--model_dir=/proc/cpc_tf_run"], "model_dir"),
 ])
 def test_bad_flags_fail_with_one_line(tmp_path, args, message):
   result = subprocess.run(
-      [sys.executable, "-m", "cpc_tf.pretrain", "--flagfile=flags/demo_cpu.flags",
-       f"--model_dir={tmp_path}", *args],
+      [sys.executable, "-m", "cpc_tf.pretrain",
+       "--flagfile=flags/demo_cpu.flags", f"--model_dir={tmp_path}", *args],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   # One line naming the flag (absl adds a line pointing at --helpshort).

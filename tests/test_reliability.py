@@ -149,3 +149,48 @@ def test_sigterm_checkpoints_and_sigkill_resumes_exactly(tmp_path):
   for step in want:
     np.testing.assert_allclose(got[step], want[step], rtol=1e-5,
                                err_msg=f"loss at step {step}")
+
+
+def test_bad_images_are_skipped_and_named(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from cpc_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  from cpc_tf.train import pretraining  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "images" / "things"
+  folder.mkdir(parents=True)
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 256, (40, 36, 3), np.uint8)).save(
+        folder / f"good{i}.jpg")
+  Image.fromarray(rng.integers(0, 256, (40, 36), np.uint8)).save(
+      folder / "gray.png")
+  Image.fromarray(rng.integers(0, 256, (40, 36, 4), np.uint8)).save(
+      folder / "alpha.png")
+  Image.fromarray(rng.integers(0, 256, (40, 36, 3), np.uint8)).convert(
+      "CMYK").save(folder / "cmyk.jpg")
+  Image.fromarray(rng.integers(0, 256, (5, 5, 3), np.uint8)).save(
+      folder / "tiny.png")
+  (folder / "zero.jpg").write_bytes(b"")
+  (folder / "cut.jpg").write_bytes((folder / "good0.jpg").read_bytes()[:200])
+  (folder / "noise.png").write_bytes(os.urandom(300))
+  config = config_lib.PretrainConfig(
+      model_dir=str(tmp_path / "run"), dataset=str(tmp_path / "images"),
+      train_steps=2, batch_size=4, steps_per_loop=1, directions=1,
+      export=False)
+  assert pretraining.pretrain(config)["step"] == 2
+  listed = (tmp_path / "run" / "skipped_files.txt").read_text().splitlines()
+  assert sorted(os.path.basename(l.split("\t")[0]) for l in listed) == [
+      "cut.jpg", "noise.png", "tiny.png", "zero.jpg"]
+
+
+def test_no_usable_image_fails_at_start(tmp_path):
+  folder = tmp_path / "images" / "things"
+  folder.mkdir(parents=True)
+  (folder / "zero.jpg").write_bytes(b"")
+  result = subprocess.run(
+      [sys.executable, "-m", "cpc_tf.pretrain",
+       "--flagfile=flags/demo_cpu.flags", f"--model_dir={tmp_path / 'run'}",
+       f"--dataset={tmp_path / 'images'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "error: no usable image" in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr

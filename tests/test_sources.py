@@ -68,18 +68,29 @@ def image_folder(tmp_path):
   write_image(dog / "e.gif", rgb, "P", "GIF")
   (dog / "garbage.jpg").write_bytes(os.urandom(100))
   (dog / "truncated.png").write_bytes((cat / "b.png").read_bytes()[:40])
+  cmyk = Image.fromarray(rgb).convert("CMYK")
+  cmyk.save(dog / "f.jpg", "JPEG", quality=100)
+  Image.fromarray(rgb[:3, :3]).save(dog / "tiny.png")
   return tmp_path, rgb
 
 
 def test_image_folder(image_folder):
   root, rgb = image_folder
-  source = sources.load(str(root), "train")
+  source = sources.load(str(root), "train", min_size=4)
   assert source.class_names == ["cat", "dog"] and source.num_classes == 2
-  assert sorted(os.path.basename(p) for p in source.skipped) == [
-      "empty.jpg", "garbage.jpg"]
-  assert source.num_examples == 6  # truncated.png fails only when decoded.
-  got = examples(source)  # ... and is dropped then, not fatal.
-  assert [label for _, label in got] == [0, 0, 0, 1, 1]
+  reasons = {os.path.basename(p): r for p, r in source.skipped}
+  assert sorted(reasons) == ["empty.jpg", "garbage.jpg", "tiny.png",
+                             "truncated.png"]
+  assert reasons["empty.jpg"] == "empty file"
+  assert reasons["truncated.png"].startswith("unreadable")
+  assert reasons["tiny.png"].startswith("too small: 3x3")
+  assert source.num_examples == 6
+  got = examples(source)
+  assert [label for _, label in got] == [0, 0, 0, 1, 1, 1]
+  cmyk = Image.open(root / "train" / "dog" / "f.jpg").convert("RGB")
+  # CMYK is converted to RGB (decoders differ a little on JPEG noise).
+  diff = np.abs(got[5][0].astype(float) - np.asarray(cmyk, float)).mean()
+  assert got[5][0].shape == (9, 11, 3) and diff < 12, diff
   for image, _ in got:
     assert image.shape == (9, 11, 3) and image.dtype == np.uint8
   gray = np.asarray(Image.fromarray(rgb).convert("L"))
@@ -93,7 +104,7 @@ def test_image_folder(image_folder):
 def test_image_folder_without_split_folders(image_folder):
   root, _ = image_folder
   source = sources.load(str(root / "train"), "train")
-  assert source.class_names == ["cat", "dog"] and source.num_examples == 6
+  assert source.class_names == ["cat", "dog"] and source.num_examples == 7
 
 
 def test_folder_without_usable_images(tmp_path):

@@ -5,10 +5,13 @@ uint8 `[H, W, 3]` at its own size (the pipeline crops it), label int64,
 -1 when the split has no labels (e.g. STL-10's "unlabeled").
 """
 
+import concurrent.futures
 import dataclasses
 import os
 
+from absl import logging
 import numpy as np
+import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -31,7 +34,8 @@ class Source:
     num_classes: number of classes, or None if unknown or unlabeled.
     class_names: class i's name at index i, or None.
     name: "<dataset>:<split>", for logs.
-    skipped: files rejected while listing an image folder.
+    skipped: (path, reason) of each file rejected while listing an image
+      folder.
   """
   dataset: tf.data.Dataset
   num_examples: int | None
@@ -41,7 +45,7 @@ class Source:
   skipped: list = dataclasses.field(default_factory=list)
 
 
-def load(dataset, split, data_dir=None):
+def load(dataset, split, data_dir=None, min_size=1):
   """Loads split `split` of `dataset`.
 
   Args:
@@ -51,6 +55,8 @@ def load(dataset, split, data_dir=None):
       a TFDS name (an existing path wins over a TFDS name).
     split: "train", "test", "validation", "unlabeled" (or any TFDS split).
     data_dir: TFDS data directory; None for TFDS's default.
+    min_size: image-folder files smaller than this on their shorter side
+      are skipped (e.g. the patch size).
 
   Raises:
     ValueError: unknown data set or split, no usable image, or a TFDS data
@@ -64,7 +70,7 @@ def load(dataset, split, data_dir=None):
   if os.path.isdir(dataset):
     splits = sorted(f[:-4] for f in os.listdir(dataset) if f.endswith(".npz"))
     if not splits:
-      return _from_folder(dataset, split, name)
+      return _from_folder(dataset, split, name, min_size)
     if split not in splits:
       raise ValueError(f"split {split!r} not in {dataset}; splits there: "
                        f"{', '.join(splits)}")
@@ -112,8 +118,33 @@ def _decode(path, label):
   return image, label
 
 
-def _from_folder(root, split, name):
-  """<root>/<split>/<class>/* or, without split folders, <root>/<class>/*."""
+def _check_image(path, min_size):
+  """None if `path` decodes fully and is at least min_size pixels on its
+  shorter side, else the reason to skip it. PIL, not tf.io: it names the
+  fault and runs outside the graph, so every bad file can be listed."""
+  if not os.path.getsize(path):
+    return "empty file"
+  if not _is_image(path):
+    return "not a JPEG, PNG, GIF, BMP or WebP file"
+  try:
+    with PIL.Image.open(path) as image:
+      image.load()
+      width, height = image.size
+  except (OSError, SyntaxError, ValueError) as e:
+    return f"unreadable: {e}"
+  if min(width, height) < min_size:
+    return f"too small: {width}x{height}, smaller than {min_size} pixels"
+  return None
+
+
+def _from_folder(root, split, name, min_size=1):
+  """<root>/<split>/<class>/* or, without split folders, <root>/<class>/*.
+
+  Every file is checked once while listing (in parallel): empty,
+  unreadable, truncated and too small images are skipped, with their
+  reason in `Source.skipped`; grayscale, CMYK and PNG-with-alpha images are
+  converted to RGB when decoded.
+  """
   split_dirs = [d for d in SPLITS if os.path.isdir(os.path.join(root, d))]
   if split_dirs:
     if split not in split_dirs:
@@ -122,22 +153,31 @@ def _from_folder(root, split, name):
     root = os.path.join(root, split)
   class_names = sorted(d for d in os.listdir(root)
                        if os.path.isdir(os.path.join(root, d)))
-  paths, labels, skipped = [], [], []
+  candidates = []
   for label, class_name in enumerate(class_names):
     folder = os.path.join(root, class_name)
     for file_name in sorted(os.listdir(folder)):
       path = os.path.join(folder, file_name)
-      if not (file_name.lower().endswith(IMAGE_EXTENSIONS) and
-              os.path.isfile(path)):
-        continue
-      if _is_image(path):
-        paths.append(path)
-        labels.append(label)
-      else:
-        skipped.append(path)
+      if (file_name.lower().endswith(IMAGE_EXTENSIONS) and
+          os.path.isfile(path)):
+        candidates.append((path, label))
+  if len(candidates) > 10000:
+    logging.info("Checking %d image files in %s", len(candidates), root)
+  with concurrent.futures.ThreadPoolExecutor(max(4, os.cpu_count())) as pool:
+    reasons = list(pool.map(lambda c: _check_image(c[0], min_size),
+                            candidates))
+  paths, labels, skipped = [], [], []
+  for (path, label), reason in zip(candidates, reasons):
+    if reason:
+      skipped.append((path, reason))
+    else:
+      paths.append(path)
+      labels.append(label)
   if not paths:
-    raise ValueError(f"no usable image in {root}/<class>/ (allowed "
-                     f"extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    raise ValueError(
+        f"no usable image in {root}/<class>/ ({len(skipped)} rejected; "
+        f"allowed extensions: {', '.join(IMAGE_EXTENSIONS)}, at least "
+        f"{min_size} pixels on the shorter side)")
   dataset = tf.data.Dataset.from_tensor_slices(
       (paths, np.array(labels, np.int64)))
   dataset = dataset.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)

@@ -65,6 +65,20 @@ def _log_first_batch(writer, dataset_fn):
                      max_outputs=3)
 
 
+def report_skipped(skipped, model_dir):
+  """Logs the files a folder source rejected and lists them all in
+  <model_dir>/skipped_files.txt."""
+  if not skipped:
+    return
+  path = os.path.join(model_dir, "skipped_files.txt")
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write("".join(f"{name}\t{reason}\n" for name, reason in skipped))
+  shown = "; ".join(f"{name} ({reason})" for name, reason in skipped[:5])
+  logging.warning("Skipped %d unusable image files, all listed in %s: %s%s",
+                  len(skipped), path, shown,
+                  " ..." if len(skipped) > 5 else "")
+
+
 def pretrain(config):
   """Pretrains, checkpoints, resumes, exports; returns the final metrics."""
   config.validate()
@@ -74,10 +88,12 @@ def pretrain(config):
       else f"mixed_{config.mixed_precision}")
   strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
   tf.io.gfile.makedirs(config.model_dir)
+  source = sources.load(config.dataset, config.split,
+                        data_dir=config.data_dir or None,
+                        min_size=config.patch_size)
   if strategy_lib.is_chief(strategy):
     config.save(os.path.join(config.model_dir, "config.json"))
-  source = sources.load(config.dataset, config.split,
-                        data_dir=config.data_dir or None)
+    report_skipped(source.skipped, config.model_dir)
   logging.info("Pretraining on %s (%s examples), %d replica(s), grid %dx%d",
                source.name, source.num_examples,
                strategy.num_replicas_in_sync, config.grid_size,
@@ -108,5 +124,7 @@ def pretrain(config):
       and int(trainer.step.numpy()) >= config.train_steps):
     export.export_encoder(model.encoder, config,
                           os.path.join(config.model_dir, "export"))
+  if trainer.is_chief:
+    report_skipped(source.skipped, config.model_dir)
   return dict(metrics, step=int(trainer.step.numpy()))
 

@@ -74,3 +74,24 @@ def test_failed_export_keeps_the_previous_one(exported, tmp_path, monkeypatch):
   reloaded = tf.saved_model.load(target)
   assert reloaded.serve(tf.zeros([1, 32, 32, 3], tf.uint8))["pooled"].shape[0] == 1
   assert sorted(os.listdir(tmp_path)) == ["export", "export.staging"]
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ([2, 32, 32], tf.uint8),  # Rank 3.
+    ([2, 32, 32, 4], tf.uint8),  # RGBA.
+    ([2, 32, 32, 1], tf.uint8),  # Grayscale.
+    ([2, 32, 32, 3], tf.int32),  # Wrong dtype.
+])
+def test_serving_rejects_bad_inputs_naming_the_expected_spec(
+    exported, shape, dtype):
+  reloaded = exported[3]
+  with pytest.raises((TypeError, ValueError), match=r"None, None, None, 3"):
+    reloaded.serve(tf.zeros(shape, dtype))
+
+
+def test_serving_takes_small_and_odd_image_sizes(exported):
+  _, config, _, reloaded = exported
+  for h, w in [(3, 5), (8, 8), (31, 200)]:
+    out = reloaded.serve(tf.zeros([2, h, w, 3], tf.uint8))
+    assert out["latents"].shape[:3] == (2, config.grid_size,
+                                        config.grid_size)

@@ -194,3 +194,24 @@ def test_no_usable_image_fails_at_start(tmp_path):
   assert result.returncode != 0
   assert "error: no usable image" in result.stderr, result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
+  trainer = toy_trainer(tmp_path, poisoned=set(), train_steps=4)
+  trainer.train()
+  real_save = trainer.manager.save
+
+  def disk_full(checkpoint_number):
+    # Part of the new checkpoint reaches the disk, then the write fails.
+    (tmp_path / f"ckpt-{checkpoint_number}.index").write_bytes(b"\0" * 7)
+    raise OSError(28, "No space left on device")
+
+  trainer.manager.save = disk_full
+  trainer.train_steps = 6
+  with pytest.raises(loop.CheckpointWriteError, match="ckpt-4 is intact"):
+    trainer.train()
+  trainer.manager.save = real_save
+  resumed = toy_trainer(tmp_path, poisoned=set(), train_steps=8)
+  assert resumed.restore() == 4
+  resumed.train()
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-8")

@@ -23,6 +23,10 @@ class DivergenceError(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (e.g. the disk is full)."""
+
+
 def _format_seconds(seconds):
   seconds = int(seconds)
   return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -156,6 +160,18 @@ class Trainer:
       tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
       tf.summary.scalar("images_per_sec", images_per_sec)
 
+  def _save(self, step):
+    """Saves a checkpoint; the state file naming the newest checkpoint is
+    written last, so a failed write leaves the previous one in force."""
+    try:
+      self.manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as e:
+      raise CheckpointWriteError(
+          f"writing the step-{step} checkpoint to {self.model_dir} failed "
+          f"({e}); the previous checkpoint "
+          f"{self.manager.latest_checkpoint} is intact and a rerun resumes "
+          "from it") from e
+
   def _on_sigterm(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM: saving a checkpoint after the current steps")
@@ -213,7 +229,7 @@ class Trainer:
         self._write_scalars(step, metrics, images_per_sec)
       if (step % self.checkpoint_every == 0 or step == self.train_steps
           or self._preempted):
-        self.manager.save(checkpoint_number=step)
+        self._save(step)
       rate = (step - start_step) / max(time.time() - start_time, 1e-9)
       eta = (self.train_steps - step) / max(rate, 1e-9)
       logging.info(

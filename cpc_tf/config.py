@@ -83,7 +83,12 @@ class PretrainConfig:
                               "TensorBoard profiler.")
   cache_images: bool = _field(True, "Cache decoded images in memory (small "
                               "data sets only).")
-  seed: int = _field(0, "Seed of the data order and augmentation.")
+  seed: int = _field(0, "Seed of the initialisation, data order and "
+                     "augmentation.")
+  deterministic: bool = _field(False, "Deterministic TF ops "
+                               "(tf.config.experimental."
+                               "enable_op_determinism): bit-exact reruns and "
+                               "resumes, somewhat slower.")
   export: bool = _field(True, "Export the encoder SavedModel at the end.")
 
   @property

@@ -32,6 +32,7 @@ from cpc_tf import config as config_lib
 from cpc_tf import cpc
 from cpc_tf.data import patches as patches_lib
 from cpc_tf.data import pipeline
+from cpc_tf.train import loop
 
 FEATURE_LEVELS = {"2": 4, "3": 8, "4": 16, "5": 32}
 CONFIG_FILE = "cpc_config.json"
@@ -140,7 +141,8 @@ def encoder_from_checkpoint(model_dir, untrained=False):
   latest = tf.train.latest_checkpoint(model_dir)
   if latest is None:
     raise ValueError(f"no checkpoint in {model_dir}")
-  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  tf.train.Checkpoint(model=loop.variables_by_path(model)).restore(
+      latest).assert_existing_objects_matched().expect_partial()
   return model.encoder, config
 
 

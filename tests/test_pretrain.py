@@ -120,3 +120,23 @@ def test_bad_flags_fail_with_one_line(tmp_path, args, message):
   assert len(lines) == 1 and message in lines[0], result.stderr
   assert "Traceback" not in result.stderr, result.stderr
   assert not os.path.exists(tmp_path / "checkpoint")
+
+
+def test_checkpoint_holds_every_encoder_variable(tmp_path):
+  # With BatchNorm (the LN ablation) the moving statistics are not trained
+  # by the optimizer: they must still be saved and restored.
+  from cpc_tf import export  # pylint: disable=g-import-not-at-top
+  config = small_config(tmp_path, train_steps=3, norm="batch")
+  pretraining.pretrain(config)
+  encoder, _ = export.encoder_from_checkpoint(str(tmp_path))
+  reader = tf.train.load_checkpoint(str(tmp_path))
+  moving = 0
+  for variable in encoder.variables:
+    key = "model/" + variable.path.split("/", 1)[1].replace("/", ".S")
+    saved = reader.get_tensor(key + "/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_array_equal(variable.numpy(), saved, err_msg=key)
+    moving += "moving_mean" in key
+  assert moving > 0
+  untrained, _ = export.encoder_from_checkpoint(str(tmp_path), untrained=True)
+  assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in
+             zip(encoder.trainable_variables, untrained.trainable_variables))

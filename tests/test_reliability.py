@@ -84,7 +84,7 @@ def pretrain_command(model_dir, *extra):
           "--flagfile=flags/demo_cpu.flags", f"--model_dir={model_dir}",
           "--batch_size=4", "--directions=1", "--steps_per_loop=1",
           "--summary_every=1", "--checkpoint_every=3", "--export=false",
-          "--seed=1", *extra]
+          "--seed=1", "--deterministic", *extra]
 
 
 def scalar_series(model_dir, tag):

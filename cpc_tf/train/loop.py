@@ -23,6 +23,17 @@ class DivergenceError(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+def variables_by_path(model):
+  """{path: variable} of every model variable, for tf.train.Checkpoint.
+
+  Keras 3 layers held in Python lists are not checkpoint dependencies of
+  their model, so `Checkpoint(model=model)` would miss them (and every
+  non-trainable variable, like BatchNorm statistics); keying each variable
+  by its path below the model's own name covers all of them.
+  """
+  return {v.path.split("/", 1)[1]: v for v in model.variables}
+
+
 class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written (e.g. the disk is full)."""
 
@@ -68,8 +79,8 @@ class Trainer:
                               name="global_step")
       self.bad_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
                                    name="consecutive_bad_steps")
-    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                          step=self.step)
+    self.checkpoint = tf.train.Checkpoint(
+        model=variables_by_path(model), optimizer=optimizer, step=self.step)
     # Every worker saves (saving may synchronise), but only the chief into
     # model_dir; the others into a scratch directory that is never read.
     directory = model_dir if self.is_chief else tempfile.mkdtemp()

@@ -83,6 +83,8 @@ def pretrain(config):
   """Pretrains, checkpoints, resumes, exports; returns the final metrics."""
   config.validate()
   keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
   keras.mixed_precision.set_global_policy(
       "float32" if config.mixed_precision == "none"
       else f"mixed_{config.mixed_precision}")

@@ -12,84 +12,80 @@ import os
 import tempfile
 
 from cpc_tf.data import patches as patches_lib
+from cpc_tf.flag_utils import field
 from cpc_tf.models import resnet
 from cpc_tf.train import strategy as strategy_lib
 
 MIXED_PRECISION = ("none", "bfloat16", "float16")
 
 
-def _field(default, help_text, choices=None):
-  return dataclasses.field(default=default,
-                           metadata={"help": help_text, "choices": choices})
-
-
 @dataclasses.dataclass
 class PretrainConfig:
   """CPC v2 pretraining (§4.1); defaults are the small CPU demo."""
-  model_dir: str = _field("", "Where checkpoints, summaries and the export "
+  model_dir: str = field("", "Where checkpoints, summaries and the export "
                           "go; an existing run there is resumed.")
-  dataset: str = _field(
+  dataset: str = field(
       "data/cifar10_demo", "A TFDS name (imagenet2012, stl10, cifar10, ...), "
       "a folder of class sub-folders of images, or an .npz file / folder of "
       "<split>.npz.")
-  data_dir: str = _field("", "TFDS data_dir (TFDS names only).")
-  split: str = _field("train", "Split of --dataset to pretrain on.")
-  train_steps: int = _field(1000, "Number of optimizer steps.")
-  batch_size: int = _field(64, "Global batch size in images.")
-  image_size: int = _field(32, "Images are resized and cropped to this side "
+  data_dir: str = field("", "TFDS data_dir (TFDS names only).")
+  split: str = field("train", "Split of --dataset to pretrain on.")
+  train_steps: int = field(1000, "Number of optimizer steps.")
+  batch_size: int = field(64, "Global batch size in images.")
+  image_size: int = field(32, "Images are resized and cropped to this side "
                            "(paper: 240).")
-  patch_size: int = _field(8, "Side of a square patch (paper: 80).")
-  patch_stride: int = _field(4, "Stride between patches (paper: 32).")
-  encoder: str = _field("tiny", "Encoder preset.", tuple(resnet.PRESETS))
-  norm: str = _field("layer", "Encoder normalisation; batch only for the LN "
+  patch_size: int = field(8, "Side of a square patch (paper: 80).")
+  patch_stride: int = field(4, "Stride between patches (paper: 32).")
+  encoder: str = field("tiny", "Encoder preset.", tuple(resnet.PRESETS))
+  norm: str = field("layer", "Encoder normalisation; batch only for the LN "
                      "ablation of Fig. 3.", resnet.NORMS)
-  directions: int = _field(4, "Prediction directions: 1 top-down, 2 +bottom-"
+  directions: int = field(4, "Prediction directions: 1 top-down, 2 +bottom-"
                            "up, 4 +left/right (§4.1 BU, HP).", (1, 2, 4))
-  target_dim: int = _field(64, "Dimension of the CPC targets and "
+  target_dim: int = field(64, "Dimension of the CPC targets and "
                            "predictions.")
-  emb_scale: float = _field(0.1, "Scale of the predictions before the dot "
+  emb_scale: float = field(0.1, "Scale of the predictions before the dot "
                             "product.")
-  steps_to_ignore: int = _field(2, "Rows skipped before the first "
+  steps_to_ignore: int = field(2, "Rows skipped before the first "
                                 "predicted row (appendix A.2).")
-  steps_to_predict: int = _field(3, "Predict rows i+1 for i in "
+  steps_to_predict: int = field(3, "Predict rows i+1 for i in "
                                  "[steps_to_ignore, steps_to_predict).")
-  context_dim: int = _field(256, "Hidden width of the PixelCNN context "
+  context_dim: int = field(256, "Hidden width of the PixelCNN context "
                             "network.")
-  cross_replica_negatives: bool = _field(
+  cross_replica_negatives: bool = field(
       False, "Gather CPC targets from all replicas, so negatives come from "
       "the global batch (logits memory grows with the number of replicas).")
-  color_drop: bool = _field(True, "Per-patch colour dropping (§4.1 RC).")
-  auto_augment: bool = _field(True, "Per-patch AutoAugment primitives "
+  color_drop: bool = field(True, "Per-patch colour dropping (§4.1 RC).")
+  auto_augment: bool = field(True, "Per-patch AutoAugment primitives "
                               "(§4.1 PA).")
-  elastic: bool = _field(False, "Per-patch random elastic deformation "
+  elastic: bool = field(False, "Per-patch random elastic deformation "
                          "(§4.1 PA).")
-  color_jitter: bool = _field(True, "Per-patch colour transforms (§4.1 PA).")
-  jitter: int = _field(1, "Per-patch spatial jitter in pixels; 0 is off.")
-  flip: bool = _field(True, "Random horizontal flip of the whole image.")
-  learning_rate: float = _field(4e-4, "Peak Adam learning rate.")
-  warmup_steps: int = _field(100, "Linear warm-up steps; cosine decay to 0 "
+  color_jitter: bool = field(True, "Per-patch colour transforms (§4.1 PA).")
+  jitter: int = field(1, "Per-patch spatial jitter in pixels; 0 is off.")
+  flip: bool = field(True, "Random horizontal flip of the whole image.")
+  learning_rate: float = field(4e-4, "Peak Adam learning rate.")
+  warmup_steps: int = field(100, "Linear warm-up steps; cosine decay to 0 "
                              "after.")
-  strategy: str = _field("default", "tf.distribute strategy.",
+  strategy: str = field("default", "tf.distribute strategy.",
                          strategy_lib.STRATEGIES)
-  tpu: str = _field("", "TPU name or grpc:// address (--strategy=tpu).")
-  mixed_precision: str = _field("none", "Mixed precision compute dtype; "
+  tpu: str = field("", "TPU name or grpc:// address (--strategy=tpu).")
+  mixed_precision: str = field("none", "Mixed precision compute dtype; "
                                 "bfloat16 for TPU and recent CPUs.",
                                 MIXED_PRECISION)
-  steps_per_loop: int = _field(20, "Optimizer steps per tf.function call.")
-  checkpoint_every: int = _field(200, "Save a checkpoint every N steps.")
-  keep_checkpoints: int = _field(3, "Checkpoints kept.")
-  summary_every: int = _field(20, "Write TensorBoard scalars every N steps.")
-  profile_steps: str = _field("", "'START,END': trace these steps with the "
+  steps_per_loop: int = field(20, "Optimizer steps per tf.function call.")
+  checkpoint_every: int = field(200, "Save a checkpoint every N steps.")
+  keep_checkpoints: int = field(3, "Checkpoints kept.")
+  summary_every: int = field(20, "Write TensorBoard scalars every N steps.")
+  profile_steps: str = field("", "'START,END': trace these steps with the "
                               "TensorBoard profiler.")
-  cache_images: bool = _field(True, "Cache decoded images in memory (small "
+  cache_images: bool = field(True, "Cache decoded images in memory (small "
                               "data sets only).")
-  seed: int = _field(0, "Seed of the initialisation, data order and "
+  seed: int = field(0, "Seed of the initialisation, data order and "
                      "augmentation.")
-  deterministic: bool = _field(False, "Deterministic TF ops "
+  deterministic: bool = field(False, "Deterministic TF ops "
                                "(tf.config.experimental."
                                "enable_op_determinism): bit-exact reruns and "
                                "resumes, somewhat slower.")
-  export: bool = _field(True, "Export the encoder SavedModel at the end.")
+  export: bool = field(True, "Export the encoder SavedModel at the end.")
 
   @property
   def grid_size(self):

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -99,14 +98,22 @@ def scalar_series(model_dir, tag):
   return series
 
 
-def wait_for_checkpoint(model_dir, process, timeout=240):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if tf.train.latest_checkpoint(model_dir):
-      return
-    assert process.poll() is None, process.communicate()
-    time.sleep(0.5)
-  raise TimeoutError(f"no checkpoint in {model_dir} after {timeout}s")
+def signal_on_line(command, marker, sig):
+  """Runs `command`, sends `sig` once a stderr line contains `marker`.
+
+  Returns (exit code, log). Driven by the run's own progress lines, so the
+  signal lands mid-run however fast or loaded the machine is.
+  """
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  log = []
+  for line in process.stderr:
+    log.append(line)
+    if marker in line:
+      process.send_signal(sig)
+      break
+  log += process.stderr.readlines()
+  return process.wait(timeout=120), "".join(log)
 
 
 def test_sigterm_checkpoints_and_sigkill_resumes_exactly(tmp_path):
@@ -114,33 +121,24 @@ def test_sigterm_checkpoints_and_sigkill_resumes_exactly(tmp_path):
   subprocess.run(pretrain_command(straight, "--train_steps=12"), cwd=ROOT,
                  check=True, capture_output=True, timeout=600)
   run = str(tmp_path / "run")
-  # SIGKILL at an arbitrary moment after the first checkpoint.
-  process = subprocess.Popen(pretrain_command(run, "--train_steps=12"),
-                             cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  wait_for_checkpoint(run, process)
-  time.sleep(1.7)
-  process.send_signal(signal.SIGKILL)
-  process.wait(timeout=60)
-  # SIGTERM once training is under way: a checkpoint at the step reached,
-  # then a clean exit.
-  process = subprocess.Popen(pretrain_command(run, "--train_steps=12"),
-                             cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-  log = []
-  for line in process.stderr:
-    log.append(line)
-    if "loop.py" in line and "/12 " in line:
-      process.send_signal(signal.SIGTERM)
-      break
-  log += process.stderr.readlines()
-  assert process.wait(timeout=120) == 0, "".join(log)
-  preempted = [l for l in log if "Preempted at step" in l]
-  assert preempted, "".join(log)
+  command = pretrain_command(run, "--train_steps=12")
+  # SIGKILL between checkpoints (ckpt-3 written, step 5 done, ckpt-6 not yet).
+  code, log = signal_on_line(command, "step 5/12 ", signal.SIGKILL)
+  assert code == -signal.SIGKILL, log
+  killed_at = int(tf.train.latest_checkpoint(run).rsplit("-", 1)[1])
+  assert killed_at in (3, 6), log
+  # SIGTERM once training is under way again: a checkpoint at the step
+  # reached, then a clean exit.
+  code, log = signal_on_line(command, f"step {killed_at + 1}/12 ",
+                             signal.SIGTERM)
+  assert f"ckpt-{killed_at} at step {killed_at}" in log, log
+  assert code == 0, log
+  preempted = [l for l in log.splitlines() if "Preempted at step" in l]
+  assert preempted, log
   saved_step = int(tf.train.load_variable(
       tf.train.latest_checkpoint(run), "step/.ATTRIBUTES/VARIABLE_VALUE"))
   assert f"Preempted at step {saved_step};" in preempted[0]
-  assert saved_step < 12
+  assert killed_at < saved_step < 12
   # The same command again finishes the run.
   subprocess.run(pretrain_command(run, "--train_steps=12"), cwd=ROOT,
                  check=True, capture_output=True, timeout=600)

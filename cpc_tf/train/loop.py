@@ -232,14 +232,17 @@ class Trainer:
       if profiling and step >= self.profile_steps[1]:
         tf.profiler.experimental.stop()
         profiling = False
+      # One read of the SIGTERM flag per iteration: a signal arriving later
+      # is handled after the next steps, never reported without a save.
+      preempted = self._preempted
       stop_early = bool(
-          self.on_checkpoint and not self._preempted and
+          self.on_checkpoint and not preempted and
           (step % self.checkpoint_every == 0 or step == self.train_steps)
           and self.on_checkpoint(step))
       if step % self.summary_every == 0 or step == self.train_steps:
         self._write_scalars(step, metrics, images_per_sec)
       if (step % self.checkpoint_every == 0 or step == self.train_steps
-          or self._preempted):
+          or preempted):
         self._save(step)
       rate = (step - start_step) / max(time.time() - start_time, 1e-9)
       eta = (self.train_steps - step) / max(rate, 1e-9)
@@ -251,7 +254,7 @@ class Trainer:
           images_per_sec, _format_seconds(eta),
           f"  ({metrics['skipped_steps']:.0f} non-finite steps skipped)"
           if metrics["skipped_steps"] else "")
-      if self._preempted:
+      if preempted:
         logging.warning("Preempted at step %d; checkpoint saved, rerun the "
                         "same command to resume", step)
         break

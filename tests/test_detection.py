@@ -30,7 +30,10 @@ from official.vision.modeling.backbones import factory
 from official.vision.ops import preprocess_ops
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-VOC_SUBSET = pathlib.Path("/work/shared/data/voc2007_subset")
+# The workplace's shared data sits beside the repository (../shared).
+SHARED = REPO.parent / "shared"
+VOC_SUBSET = (SHARED if SHARED.exists() else pathlib.Path("/work/shared")
+              ) / "data" / "voc2007_subset"
 CPU_CONFIG = str(REPO / "detection" / "configs" / "voc_subset_cpu.yaml")
 
 needs_subset = pytest.mark.skipif(not VOC_SUBSET.is_dir(),

@@ -9,7 +9,11 @@ import tensorflow_datasets as tfds
 
 from cpc_tf.data import sources
 
-CIFAR = "/work/shared/data/cifar10"
+# The workplace's shared data sits beside the repository (../shared).
+_SHARED = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), os.pardir, "shared")
+CIFAR = os.path.join(_SHARED if os.path.isdir(_SHARED) else "/work/shared",
+                     "data", "cifar10")
 
 
 def examples(source):

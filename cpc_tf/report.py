@@ -1,0 +1,262 @@
+r"""Data-efficiency report: methods x label fractions, as in Fig. 1 (§4.2).
+
+  python -m cpc_tf.report --flagfile=flags/report_cifar10_cpu.flags \
+      --encoder=results/cifar10_cpu/pretraining \
+      --sweep_dir=runs/sweep_cifar10 --output_dir=results/cifar10_cpu
+
+Runs every (method, label fraction) missing in --sweep_dir, one
+`cpc_tf.evaluate` / `cpc_tf.supervised` process each (an interrupted sweep
+resumes), then writes to --output_dir: report.md (the table, the claim
+check, the exact commands), report.png (accuracy vs % of labels: CPC fixed
+and fine-tuned, supervised from pixels, random-init) and commands.sh.
+--norun only collects what is there.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+METHODS = {  # name -> (label, plot colour, line style)
+    "cpc_linear": ("Linear on CPC v2 (fixed)", "tab:cyan", ":"),
+    "cpc_efficient": ("ResNet on CPC v2 (fixed)", "tab:blue", "--"),
+    "cpc_finetune": ("ResNet on CPC v2 (fine-tuned)", "tab:blue", "-"),
+    "random_linear": ("Linear on random-init encoder", "tab:gray", ":"),
+    "random_efficient": ("ResNet on random-init encoder (fixed)",
+                         "tab:gray", "--"),
+    "random_finetune": ("ResNet on random-init encoder (fine-tuned)",
+                        "tab:gray", "-"),
+    "supervised": ("ResNet trained on pixels", "tab:red", "-"),
+}
+CPC_METHODS = ("cpc_efficient", "cpc_finetune")
+CONTROLS = ("supervised", "random_efficient", "random_finetune")
+# The subset of every method must be the same for a fraction.
+_SAME_DATA = ("dataset", "train_split", "test_split", "num_train",
+              "num_validation", "num_test")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("sweep_dir", None, "One run per <method>/<N>pct here.")
+flags.DEFINE_string("output_dir", None, "Where report.md, report.png and "
+                    "commands.sh go.")
+flags.DEFINE_list("methods", ["cpc_efficient", "cpc_finetune", "supervised",
+                              "random_efficient"],
+                  f"Methods, of: {', '.join(METHODS)}.")
+flags.DEFINE_list("label_fractions", ["0.01", "0.02", "0.05", "0.1", "0.2",
+                                      "0.5", "1"],
+                  "Label fractions in (0, 1] (paper: 1% to 100%).")
+flags.DEFINE_string("encoder", "", "Pretraining directory or SavedModel "
+                    "of the CPC methods (random-init: its architecture).")
+flags.DEFINE_string("linear_flagfile", "", "Flags of the linear runs.")
+flags.DEFINE_string("efficient_flagfile", "", "Flags of the efficient "
+                    "(fixed encoder) runs.")
+flags.DEFINE_string("finetune_flagfile", "", "Flags of the fine-tuning "
+                    "runs.")
+flags.DEFINE_string("supervised_flagfile", "", "Flags of the supervised "
+                    "sweeps.")
+flags.DEFINE_enum("plot_metric", "top1", ["top1", "top5"], "Accuracy "
+                  "plotted (Fig. 1: top5).")
+flags.DEFINE_string("title", "", "Title of the plot and the report.")
+flags.DEFINE_bool("run", True, "Run missing runs; --norun only collects.")
+
+
+def run_dir(sweep_dir, method, fraction):
+  return os.path.join(sweep_dir, method, f"{100 * fraction:g}pct")
+
+
+def command(method, fraction, sweep_dir, encoder, flagfiles):
+  """The command line of one run."""
+  model_dir = run_dir(sweep_dir, method, fraction)
+  common = [f"--label_fraction={fraction:g}", f"--model_dir={model_dir}"]
+  if method == "supervised":
+    return ([sys.executable, "-m", "cpc_tf.supervised",
+             f"--flagfile={flagfiles['supervised']}"] + common)
+  kind, protocol = method.split("_")
+  args = [sys.executable, "-m", "cpc_tf.evaluate",
+          f"--flagfile={flagfiles[protocol]}", f"--protocol={protocol}",
+          f"--encoder={encoder}"] + common
+  if kind == "random":
+    args.append("--random_init")
+  if protocol == "finetune":
+    args.append("--init_from=" + run_dir(sweep_dir, f"{kind}_efficient",
+                                         fraction))
+  return args
+
+
+def plan(methods, fractions):
+  """(method, fraction) in run order: by fraction, and an efficient run
+  (added if missing) before the fine-tuning that starts from it."""
+  needed = set(methods)
+  for m in methods:
+    if m.endswith("finetune"):
+      needed.add(m.replace("finetune", "efficient"))
+  order = sorted(needed, key=lambda m: (m.endswith("finetune"),
+                                        list(METHODS).index(m)))
+  return [(m, f) for f in fractions for m in order]
+
+
+def collect(sweep_dir, methods, fractions):
+  """{(method, fraction): results} of the finished runs."""
+  from cpc_tf import results as results_lib
+  found = {}
+  for method in methods:
+    for fraction in fractions:
+      results = results_lib.read(run_dir(sweep_dir, method, fraction))
+      if results is not None:
+        found[method, fraction] = results
+  for fraction in fractions:
+    runs = [r for (m, f), r in found.items() if f == fraction]
+    for key in _SAME_DATA:
+      if len({r[key] for r in runs}) > 1:
+        raise ValueError(f"{100 * fraction:g}% runs disagree on {key}: "
+                         f"{sorted({r[key] for r in runs})}")
+  return found
+
+
+def _cell(results):
+  if results is None:
+    return "—"
+  test = results["test"]
+  return f"{100 * test['top1']:.1f} / {100 * test['top5']:.1f}"
+
+
+def claim(found, fraction):
+  """Does CPC (fixed or fine-tuned) beat every control, on Top-1?"""
+  def best(methods):
+    scores = [(found[m, fraction]["test"]["top1"], m) for m in methods
+              if (m, fraction) in found]
+    return max(scores) if scores else None
+  cpc, control = best(CPC_METHODS), best(CONTROLS)
+  if cpc is None or control is None:
+    return f"{100 * fraction:g}%: not enough runs to compare."
+  verdict = "yes" if cpc[0] > control[0] else "**no**"
+  return (f"{100 * fraction:g}% labels: best CPC {METHODS[cpc[1]][0]} "
+          f"{100 * cpc[0]:.1f}% vs best control {METHODS[control[1]][0]} "
+          f"{100 * control[0]:.1f}% Top-1 — CPC better: {verdict} "
+          f"(margin {100 * (cpc[0] - control[0]):+.1f} points).")
+
+
+def markdown(found, methods, fractions, commands, title):
+  """The report: table, data sizes, claim check, commands."""
+  pct = [f"{100 * f:g}%" for f in fractions]
+  lines = [f"# {title or 'Data-efficient classification'}", "",
+           "Test Top-1 / Top-5 accuracy (%), each run's weights selected on "
+           "the held-out validation part of the training split.", "",
+           "| Method | " + " | ".join(pct) + " |",
+           "| --- |" + " --- |" * len(pct)]
+  for method in methods:
+    lines.append(f"| {METHODS[method][0]} | " + " | ".join(
+        _cell(found.get((method, f))) for f in fractions) + " |")
+  lines += ["", "| Labelled data | " + " | ".join(pct) + " |",
+            "| --- |" + " --- |" * len(pct)]
+  sizes = []
+  for f in fractions:
+    runs = [r for (m, g), r in found.items() if g == f]
+    sizes.append(f"{runs[0]['num_train']} train / {runs[0]['num_validation']}"
+                 f" val / {runs[0]['num_test']} test" if runs else "—")
+  lines.append("| images | " + " | ".join(sizes) + " |")
+  lines += ["", "## Claim: CPC beats supervised and random-init", ""]
+  lines += [f"- {claim(found, f)}" for f in fractions
+            if f in (0.01, 0.1)] or ["- (1% and 10% not in this sweep)"]
+  lines += ["", "## Commands", "", "```sh"] + [
+      " ".join(shlex.quote(a) for a in c) for c in commands] + ["```", ""]
+  return "\n".join(lines)
+
+
+def plot(found, methods, fractions, metric, title, path):
+  """Accuracy vs % of labels (log axis), one line per method (Fig. 1)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for method in methods:
+    points = [(100 * f, 100 * found[method, f]["test"][metric])
+              for f in fractions if (method, f) in found]
+    if points:
+      label, colour, style = METHODS[method]
+      xs, ys = zip(*points)
+      ax.plot(xs, ys, style, marker="o", color=colour, label=label)
+  ax.set_xscale("log")
+  ax.set_xticks([100 * f for f in fractions])
+  ax.set_xticklabels([f"{100 * f:g}%" for f in fractions])
+  ax.minorticks_off()
+  ax.set_xlabel("Percentage of labeled data")
+  ax.set_ylabel(f"{'Top-1' if metric == 'top1' else 'Top-5'} accuracy (%)")
+  ax.set_title(title or "Data-efficient image recognition")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _parse():
+  """Validated flags -> (methods, fractions, flagfiles)."""
+  methods = FLAGS.methods
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f"--methods={','.join(unknown)}; allowed: "
+                     f"{', '.join(METHODS)}")
+  try:
+    fractions = [float(f) for f in FLAGS.label_fractions]
+  except ValueError:
+    fractions = [-1.0]
+  if not all(0 < f <= 1 for f in fractions):
+    raise ValueError(f"--label_fractions={','.join(FLAGS.label_fractions)}"
+                     "; allowed: numbers with 0 < fraction <= 1")
+  flagfiles = {"linear": FLAGS.linear_flagfile,
+               "efficient": FLAGS.efficient_flagfile,
+               "finetune": FLAGS.finetune_flagfile,
+               "supervised": FLAGS.supervised_flagfile}
+  if FLAGS.run:
+    for method, _ in plan(methods, fractions[:1]):
+      kind = method if method == "supervised" else method.split("_")[1]
+      if not flagfiles[kind]:
+        raise ValueError(f"--{kind}_flagfile is required for {method}")
+    if any(m != "supervised" for m in methods) and not FLAGS.encoder:
+      raise ValueError("--encoder is required for the CPC and random-init "
+                       "methods")
+  return methods, fractions, flagfiles
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    methods, fractions, flagfiles = _parse()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  commands = [command(m, f, FLAGS.sweep_dir, FLAGS.encoder, flagfiles)
+              for m, f in plan(methods, fractions)]
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  with open(os.path.join(FLAGS.output_dir, "commands.sh"), "w") as f:
+    f.write("\n".join(" ".join(shlex.quote(a) for a in c)
+                      for c in commands) + "\n")
+  if FLAGS.run:
+    for args in commands:
+      print("+ " + " ".join(shlex.quote(a) for a in args), flush=True)
+      if subprocess.run(args, check=False).returncode:
+        sys.exit(f"error: a run failed; fix it and rerun to resume:\n"
+                 f"{' '.join(shlex.quote(a) for a in args)}")
+  try:
+    found = collect(FLAGS.sweep_dir, methods, fractions)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  text = markdown(found, methods, fractions, commands, FLAGS.title)
+  with open(os.path.join(FLAGS.output_dir, "report.md"), "w") as f:
+    f.write(text)
+  with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
+    json.dump({f"{m}/{100 * g:g}pct": r["test"] | {"validation_top1":
+                                                   r["validation"]["top1"]}
+               for (m, g), r in sorted(found.items())}, f, indent=2)
+  plot(found, methods, fractions, FLAGS.plot_metric, FLAGS.title,
+       os.path.join(FLAGS.output_dir, "report.png"))
+  print(text)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["sweep_dir", "output_dir"])
+  app.run(main)

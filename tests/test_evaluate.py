@@ -1,0 +1,381 @@
+"""Evaluation protocols (§2.2, A.3-A.4): heads, fixed vs fine-tuned encoder,
+early stopping, results, resume, the supervised sweep, flags, report."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cpc_tf import config as config_lib
+from cpc_tf import eval_config
+from cpc_tf import export
+from cpc_tf import report
+from cpc_tf import results
+from cpc_tf.models import classifier
+from cpc_tf.models import heads
+from cpc_tf.train import baseline
+from cpc_tf.train import classification
+from cpc_tf.train import early_stopping
+from cpc_tf.train import evaluation
+from cpc_tf.train import loop
+from cpc_tf.train import pretraining
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_AUGMENT = dict(color_drop=False, auto_augment=False, elastic=False,
+                  color_jitter=False, jitter=0, flip=False)
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """4 classes of 16x16 images with a class colour: 12 train, 4 test each."""
+  root = tmp_path_factory.mktemp("data")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 12), ("test", 4)):
+    y = np.repeat(np.arange(NUM_CLASSES), n)
+    colour = np.eye(3)[y % 3] * 150 + 50 * (y >= 3)[:, None]
+    x = colour[:, None, None] + rng.normal(0, 30, (len(y), 16, 16, 3))
+    np.savez(root / f"{split}.npz", x=np.clip(x, 0, 255).astype(np.uint8),
+             y=y)
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+  """A 2-step pretraining run (checkpoints + end-of-run SavedModel)."""
+  model_dir = str(tmp_path_factory.mktemp("pretrain"))
+  config = config_lib.PretrainConfig(
+      model_dir=model_dir, dataset=data_dir, image_size=16, patch_size=8,
+      patch_stride=4, steps_to_ignore=0, steps_to_predict=1, directions=1,
+      context_dim=16, target_dim=8, batch_size=4, train_steps=2,
+      warmup_steps=0, steps_per_loop=1, checkpoint_every=2, summary_every=2,
+      **NO_AUGMENT)
+  pretraining.pretrain(config)
+  return model_dir
+
+
+def eval_config_for(model_dir, encoder, data_dir, **overrides):
+  values = dict(model_dir=str(model_dir), encoder=encoder, dataset=data_dir,
+                label_fraction=0.5, validation_per_class=2, batch_size=4,
+                eval_batch_size=8, train_steps=4, eval_every=2,
+                steps_per_loop=2, summary_every=2, learning_rate=1e-2)
+  values.update(overrides)
+  return eval_config.EvalConfig(**values)
+
+
+def weights_of_run(config, pretrained_dir, checkpoint):
+  """The Classifier of `config` with `checkpoint` loaded."""
+  encoder, pretrain_config = export.encoder_from_checkpoint(pretrained_dir)
+  net = classifier.Classifier(
+      encoder, evaluation.make_head(config, NUM_CLASSES),
+      train_encoder=config.protocol == "finetune")
+  rows, p = pretrain_config.grid_size, pretrain_config.patch_size
+  net(tf.zeros([1, rows, rows, p, p, 3]))
+  early_stopping.weights_checkpoint(net).restore(checkpoint).expect_partial(
+  ).assert_existing_objects_matched()
+  return net
+
+
+def test_linear_head_matches_appendix_a3():
+  head = heads.LinearHead(5)
+  latents = tf.random.normal([3, 4, 4, 6], seed=1) * 2.0 + 1.0
+  head(latents)
+  norm = head.norm
+  assert not norm.scale and norm.gamma is None  # BatchNorm without scale.
+  norm.beta.assign(tf.random.normal([6], seed=2))
+  norm.moving_mean.assign(tf.random.normal([6], seed=3))
+  norm.moving_variance.assign(tf.random.uniform([6], 0.5, 2.0, seed=4))
+  kernel, bias = head.classifier.kernel, head.classifier.bias
+  assert tuple(kernel.shape) == (1, 1, 6, 5)  # A 1x1 convolution.
+  bias.assign(tf.random.normal([5], seed=5))
+  x, w = latents.numpy(), kernel.numpy()[0, 0]
+
+  def manual(mean, var):
+    normed = (x - mean) / np.sqrt(var + norm.epsilon) + norm.beta.numpy()
+    logits = normed @ w + bias.numpy()  # Logits at every grid position,
+    return logits.mean(axis=(1, 2))     # then their spatial mean.
+
+  np.testing.assert_allclose(
+      head(latents, training=False), manual(norm.moving_mean.numpy(),
+                                            norm.moving_variance.numpy()),
+      rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      head(latents, training=True),
+      manual(x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))),
+      rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_head_is_eleven_blocks_of_the_paper_sizes():
+  assert heads.HEAD_PRESETS["paper"] == (4096, 1024)
+  head = heads.ResNetHead(7, preset="small", dropout=0.5)
+  assert len(head.blocks) == 11
+  logits = head(tf.zeros([2, 3, 3, 16]), training=True)
+  assert logits.shape == (2, 7) and logits.dtype == tf.float32
+  assert head.blocks[0].conv3.filters == heads.HEAD_PRESETS["small"][0]
+
+
+def test_weights_checkpoint_saves_every_variable(tmp_path):
+  net = classifier.Classifier(
+      keras.Sequential([keras.layers.Dense(3)]), heads.ResNetHead(2), False)
+  net(tf.zeros([2, 3, 3, 5]))
+  values = [tf.random.normal(v.shape) for v in net.variables]
+  for v, value in zip(net.variables, values):
+    v.assign(value)
+  path = early_stopping.weights_checkpoint(net).save(str(tmp_path / "ckpt"))
+  for v in net.variables:
+    v.assign(tf.zeros(v.shape))
+  early_stopping.weights_checkpoint(net).restore(path).assert_consumed()
+  # Including the head blocks' batch-norm statistics (Keras keeps the blocks
+  # in a list, which tf.train.Checkpoint(model=net) would miss).
+  assert any("block1/norm1/moving_mean" in v.path for v in net.variables)
+  for v, value in zip(net.variables, values):
+    np.testing.assert_array_equal(v.numpy(), value.numpy())
+
+
+def test_saved_model_encoder_is_the_keras_one(pretrained):
+  saved_model = os.path.join(pretrained, "export")
+  from_checkpoint, _ = classifier.load_encoder(pretrained)
+  from_export, config = classifier.load_encoder(saved_model)
+  assert config.image_size == 16
+  for a, b in zip(from_checkpoint.variables, from_export.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  random, _ = classifier.load_encoder(saved_model, random_init=True)
+  untrained, _ = classifier.load_encoder(pretrained, random_init=True)
+  for a, b in zip(random.variables, untrained.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_encoder_from_checkpoint_restores_every_layer(pretrained):
+  trained, config = export.encoder_from_checkpoint(pretrained)
+  untrained, _ = export.encoder_from_checkpoint(pretrained, untrained=True)
+  for a, b in zip(trained.weights, untrained.weights):
+    assert not np.array_equal(a.numpy(), b.numpy()), a.path
+  # The end-of-run export was written from the in-memory model.
+  saved = tf.saved_model.load(os.path.join(pretrained, "export"))
+  patches = tf.random.uniform([2, config.grid_size, config.grid_size,
+                               config.patch_size, config.patch_size, 3])
+  np.testing.assert_allclose(trained(patches), saved.latents_train(patches),
+                             atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fixed_and_finetuned(tmp_path_factory, pretrained, data_dir):
+  root = tmp_path_factory.mktemp("eval")
+  fixed = eval_config_for(root / "efficient", pretrained, data_dir)
+  tuned = eval_config_for(root / "finetune", pretrained, data_dir,
+                          protocol="finetune", init_from=fixed.model_dir)
+  return fixed, evaluation.run(fixed), tuned, evaluation.run(tuned)
+
+
+def test_fixed_keeps_and_finetuning_updates_the_encoder(fixed_and_finetuned,
+                                                        pretrained):
+  fixed, _, tuned, _ = fixed_and_finetuned
+  original, _ = export.encoder_from_checkpoint(pretrained)
+  start_head = weights_of_run(fixed, pretrained, tf.train.latest_checkpoint(
+      os.path.join(fixed.model_dir, "best"))).head.weights
+  for config in (fixed, tuned):
+    net = weights_of_run(config, pretrained,
+                         tf.train.latest_checkpoint(config.model_dir))
+    changed = [not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(net.encoder.weights, original.weights)]
+    if config is fixed:
+      assert not any(changed)
+    else:
+      assert all(changed)
+      # Fine-tuning continued from the efficient head, and trained it.
+      assert any(not np.array_equal(a.numpy(), b.numpy())
+                 for a, b in zip(net.head.weights, start_head))
+
+
+def test_results_follow_the_schema(fixed_and_finetuned):
+  fixed, fixed_results, tuned, tuned_results = fixed_and_finetuned
+  on_disk = results.read(tuned.model_dir)
+  assert on_disk == json.loads(json.dumps(tuned_results))
+  assert tuned_results["method"] == "cpc_finetune"
+  assert tuned_results["details"]["started_from"] == fixed.model_dir
+  assert fixed_results["subset"] == "50%"
+  assert (fixed_results["num_train"], fixed_results["num_validation"],
+          fixed_results["num_test"]) == (20, 8, 16)
+  assert set(fixed_results["test"]["per_class"]) == {"0", "1", "2", "3"}
+  broken = dict(fixed_results, test=dict(fixed_results["test"], top5=1.5))
+  with pytest.raises(ValueError, match="test.top5"):
+    results.check(broken)
+  with pytest.raises(ValueError, match="'num_test'"):
+    results.check({k: v for k, v in fixed_results.items()
+                   if k != "num_test"})
+
+
+class _Scripted:
+  """A validation with given scores that records the weights it saw."""
+
+  def __init__(self, model, scores):
+    self.model, self.scores, self.seen = model, list(scores), []
+
+  def __call__(self):
+    self.seen.append([v.numpy().copy() for v in self.model.weights])
+    return {"top1": self.scores[len(self.seen) - 1]}
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+  model = keras.Sequential([keras.layers.Dense(1)])
+  model.build((None, 2))
+  validate = _Scripted(model, [0.2, 0.6, 0.4, 0.3, 0.1, 0.9])
+
+  def loss(m, batch):
+    return {"loss": tf.reduce_mean((m(batch[0]) - batch[1]) ** 2)}
+
+  def dataset_fn(unused_context, skip):
+    x = tf.random.stateless_normal([64, 2], [1, 2])
+    return tf.data.Dataset.from_tensor_slices(
+        (x, tf.reduce_sum(x, 1, keepdims=True))).repeat().batch(4).skip(skip)
+
+  optimizer = keras.optimizers.SGD(0.1)
+  best = None
+  trainer = loop.Trainer(
+      strategy=tf.distribute.get_strategy(), model_dir=str(tmp_path),
+      model=model, optimizer=optimizer, compute_loss=loss,
+      dataset_fn=dataset_fn, global_batch_size=4, train_steps=6,
+      steps_per_loop=1, checkpoint_every=1, summary_every=1,
+      on_checkpoint=lambda step: best(step))
+  best = early_stopping.BestWeights(model, str(tmp_path / "best"), validate,
+                                    patience=2, every=1)
+  trainer.train()
+  assert int(trainer.step) == 4  # Steps 3 and 4 brought no improvement.
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
+  assert best.restore() == 2 and best.best_value == 0.6
+  for v, want in zip(model.weights, validate.seen[1]):
+    np.testing.assert_array_equal(v.numpy(), want)
+  # The stopping state resumes from the best checkpoint alone.
+  again = early_stopping.BestWeights(model, str(tmp_path / "best"), validate,
+                                     patience=2, every=1)
+  assert (again.best_step, again.best_value) == (2, 0.6)
+  assert again.should_stop(4) and not again.should_stop(3)
+
+
+def test_resume_after_interruption(tmp_path, pretrained, data_dir,
+                                   monkeypatch):
+  straight = eval_config_for(tmp_path / "straight", pretrained, data_dir,
+                             protocol="linear")
+  want = evaluation.run(straight)
+  resumed = dataclasses.replace(straight, model_dir=str(tmp_path / "resumed"))
+  validate = early_stopping.BestWeights.__call__
+
+  def interrupted(self, step):
+    if step == 4:  # After the step-2 checkpoint, before the step-4 one.
+      raise KeyboardInterrupt("simulated interruption")
+    return validate(self, step)
+
+  monkeypatch.setattr(early_stopping.BestWeights, "__call__", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    evaluation.run(resumed)
+  assert tf.train.latest_checkpoint(resumed.model_dir).endswith("ckpt-2")
+  assert results.read(resumed.model_dir) is None
+  monkeypatch.setattr(early_stopping.BestWeights, "__call__", validate)
+  got = evaluation.run(resumed)
+  for key in ("test", "validation", "best_step", "steps_trained"):
+    assert got[key] == want[key], key
+  # A finished run is read back, not retrained.
+  stamp = os.path.getmtime(os.path.join(resumed.model_dir, "results.json"))
+  assert evaluation.run(resumed) == got
+  assert os.path.getmtime(
+      os.path.join(resumed.model_dir, "results.json")) == stamp
+  with pytest.raises(ValueError, match="other values of --train_steps"):
+    evaluation.run(dataclasses.replace(resumed, train_steps=6))
+
+
+def test_supervised_sweep_tests_only_the_best_on_validation(tmp_path,
+                                                            data_dir):
+  config = eval_config.SupervisedConfig(
+      model_dir=str(tmp_path), dataset=data_dir, image_size=16,
+      label_fraction=0.5, validation_per_class=2, learning_rate=(0.05, 0.2),
+      dropout=(0.5,), batch_size=(4,), augment=("crop_flip",),
+      train_steps=2, eval_every=1, steps_per_loop=1, summary_every=1,
+      eval_batch_size=8, **NO_AUGMENT)
+  grid = dataclasses.replace(config, augment=("full", "crop_flip"),
+                             weight_decay=(0.0, 1e-3))
+  assert [t.name for t in baseline.trials(grid)][:3] == [
+      "tiny_full_lr0.05_wd0_do0.5_bs4", "tiny_full_lr0.05_wd0.001_do0.5_bs4",
+      "tiny_full_lr0.2_wd0_do0.5_bs4"]
+  assert len(baseline.trials(grid)) == 8
+  got = baseline.run(config)
+  trials = got["details"]["trials"]
+  assert len(trials) == 2
+  best = max(trials, key=lambda t: t["validation"]["top1"])
+  assert got["validation"] == best["validation"]
+  assert got["method"] == "supervised" and got["test"]["examples"] == 16
+  results.check(got)
+  model = classifier.PixelClassifier("tiny", NUM_CLASSES, dropout=0.5)
+  model(tf.zeros([1, 1, 1, 16, 16, 3]))
+  assert model.dropout.rate == 0.5  # Dropout before the classifier (A.4).
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(label_fraction=0.0), "--label_fraction=0.0; allowed: 0 < "),
+    (dict(label_fraction=1.5), "--label_fraction=1.5; allowed: 0 < "),
+    (dict(encoder=""), "--encoder is required"),
+    (dict(init_from="x"), "--init_from with --protocol=efficient"),
+    (dict(encoder_lr_scale=2.0), "--encoder_lr_scale=2.0; allowed"),
+    (dict(head="huge"), "--head='huge'; allowed: paper, small"),
+    (dict(dataset="imagenet2012_subset/1pct", label_fraction=0.1),
+     "allowed: 1 "),
+])
+def test_bad_flag_values(overrides, message):
+  config = eval_config_for("m", **dict(dict(encoder="e", data_dir="d"),
+                                       **overrides))
+  with pytest.raises(ValueError, match=message):
+    config.validate()
+
+
+def test_binary_fails_in_one_line():
+  done = subprocess.run(
+      [sys.executable, "-m", "cpc_tf.supervised", "--model_dir=/tmp/x",
+       "--dropout=0.2,1.0"], cwd=ROOT, capture_output=True, text=True,
+      check=False)
+  assert done.returncode != 0
+  assert done.stderr.strip().splitlines()[-1] == (
+      "error: --dropout=0.2,1; allowed: 0 <= dropout < 1")
+
+
+def _fake_results(method, fraction, top1):
+  return {"method": method, "subset": f"{100 * fraction:g}%",
+          "dataset": "d", "train_split": "train", "test_split": "test",
+          "num_train": int(1000 * fraction), "num_validation": 50,
+          "num_test": 100, "validation": {"top1": top1},
+          "test": {"top1": top1, "top5": min(1.0, 2 * top1)}}
+
+
+def test_report_table_claim_and_plot(tmp_path):
+  fractions = [0.01, 0.1]
+  found = {("cpc_efficient", 0.01): _fake_results("cpc_efficient", .01, .4),
+           ("cpc_finetune", 0.01): _fake_results("cpc_finetune", .01, .45),
+           ("supervised", 0.01): _fake_results("supervised", .01, .3),
+           ("random_efficient", 0.01): _fake_results("random_efficient",
+                                                     .01, .2),
+           ("cpc_efficient", 0.1): _fake_results("cpc_efficient", .1, .5),
+           ("supervised", 0.1): _fake_results("supervised", .1, .6)}
+  methods = ["cpc_efficient", "cpc_finetune", "supervised",
+             "random_efficient"]
+  assert report.plan(["cpc_finetune", "supervised"], [0.01]) == [
+      ("cpc_efficient", 0.01), ("supervised", 0.01), ("cpc_finetune", 0.01)]
+  command = report.command("random_finetune", 0.1, "sweep", "enc",
+                           {"finetune": "ft.flags"})
+  assert command[1:] == [
+      "-m", "cpc_tf.evaluate", "--flagfile=ft.flags", "--protocol=finetune",
+      "--encoder=enc", "--label_fraction=0.1",
+      "--model_dir=sweep/random_finetune/10pct", "--random_init",
+      "--init_from=sweep/random_efficient/10pct"]
+  text = report.markdown(found, methods, fractions, [command], "T")
+  assert "| ResNet on CPC v2 (fine-tuned) | 45.0 / 90.0 | — |" in text
+  assert "1% labels: best CPC ResNet on CPC v2 (fine-tuned) 45.0%" in text
+  assert "CPC better: yes (margin +15.0 points)" in text
+  assert "CPC better: **no** (margin -10.0 points)" in text
+  assert "| images | 10 train / 50 val / 100 test |" in text
+  report.plot(found, methods, fractions, "top1", "T",
+              str(tmp_path / "plot.png"))
+  assert os.path.getsize(tmp_path / "plot.png") > 10000

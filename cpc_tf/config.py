@@ -12,6 +12,7 @@ import os
 import tempfile
 
 from cpc_tf.data import patches as patches_lib
+from cpc_tf import flag_utils
 from cpc_tf.flag_utils import field
 from cpc_tf.models import resnet
 from cpc_tf.train import strategy as strategy_lib
@@ -94,23 +95,15 @@ class PretrainConfig:
 
   def validate(self):
     """Raises ValueError naming the first bad value and what is allowed."""
-    for f in dataclasses.fields(self):
-      choices = f.metadata["choices"]
-      if choices and getattr(self, f.name) not in choices:
-        raise ValueError(f"--{f.name}={getattr(self, f.name)!r}; allowed: "
-                         f"{', '.join(map(str, choices))}")
+    flag_utils.check_choices(self)
     if not self.model_dir:
       raise ValueError("--model_dir is required")
-    for name in ("train_steps", "batch_size", "image_size", "target_dim",
-                 "context_dim", "steps_per_loop", "checkpoint_every",
-                 "keep_checkpoints", "summary_every"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"--{name}={getattr(self, name)}; must be > 0")
-    for name in ("warmup_steps", "jitter", "steps_to_ignore"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"--{name}={getattr(self, name)}; must be >= 0")
-    if self.learning_rate <= 0:
-      raise ValueError(f"--learning_rate={self.learning_rate}; must be > 0")
+    flag_utils.check_positive(self, (
+        "train_steps", "batch_size", "image_size", "target_dim",
+        "context_dim", "steps_per_loop", "checkpoint_every",
+        "keep_checkpoints", "summary_every", "learning_rate"))
+    flag_utils.check_positive(self, ("warmup_steps", "jitter",
+                                     "steps_to_ignore"), allow_zero=True)
     if self.steps_to_predict <= self.steps_to_ignore:
       raise ValueError(
           f"--steps_to_predict={self.steps_to_predict} must be greater than "

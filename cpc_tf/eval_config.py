@@ -11,6 +11,7 @@ import dataclasses
 import json
 
 from cpc_tf import config as pretrain_config
+from cpc_tf import flag_utils
 from cpc_tf.flag_utils import field
 from cpc_tf.models import heads
 from cpc_tf.models import resnet
@@ -75,14 +76,7 @@ class CommonConfig:
 
   def validate(self):
     """Raises ValueError naming the first bad value and what is allowed."""
-    for f in dataclasses.fields(self):
-      choices, value = f.metadata["choices"], getattr(self, f.name)
-      for item in value if isinstance(value, tuple) else (value,):
-        if choices and item not in choices:
-          raise ValueError(f"--{f.name}={item!r}; allowed: "
-                           f"{', '.join(map(str, choices))}")
-      if isinstance(value, tuple) and not value:
-        raise ValueError(f"--{f.name} is empty; give at least one value")
+    flag_utils.check_choices(self)
     if not self.model_dir:
       raise ValueError("--model_dir is required")
     if not 0 < self.label_fraction <= 1:
@@ -93,14 +87,12 @@ class CommonConfig:
       raise ValueError(f"--label_fraction={self.label_fraction} with "
                        f"--dataset={self.dataset}; allowed: 1 (the TFDS "
                        "subset is the labelled set)")
-    for name in ("images_per_class", "validation_per_class", "warmup_steps",
-                 "patience"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"--{name}={getattr(self, name)}; must be >= 0")
-    for name in ("eval_batch_size", "train_steps", "eval_every",
-                 "steps_per_loop", "summary_every", "keep_checkpoints"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"--{name}={getattr(self, name)}; must be > 0")
+    flag_utils.check_positive(self, ("images_per_class",
+                                     "validation_per_class", "warmup_steps",
+                                     "patience"), allow_zero=True)
+    flag_utils.check_positive(self, ("eval_batch_size", "train_steps",
+                                     "eval_every", "steps_per_loop",
+                                     "summary_every", "keep_checkpoints"))
     return self
 
   def subset_name(self):
@@ -158,9 +150,7 @@ class EvalConfig(CommonConfig):
     super().validate()
     if not self.encoder:
       raise ValueError("--encoder is required")
-    for name in ("batch_size", "learning_rate"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"--{name}={getattr(self, name)}; must be > 0")
+    flag_utils.check_positive(self, ("batch_size", "learning_rate"))
     if not 0 < self.encoder_lr_scale <= 1:
       raise ValueError(f"--encoder_lr_scale={self.encoder_lr_scale}; "
                        "allowed: 0 < encoder_lr_scale <= 1")

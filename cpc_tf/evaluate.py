@@ -21,15 +21,7 @@ from absl import app
 from cpc_tf import eval_config
 from cpc_tf import flag_utils
 
-flag_utils.define_flags(eval_config.EvalConfig)
-
-
-def _load_run():
-  from cpc_tf.train import evaluation
-  return evaluation.run
-
-
-main = flag_utils.make_main(eval_config.EvalConfig, _load_run)
+main = flag_utils.evaluation_binary(eval_config.EvalConfig, "cpc_tf.train.evaluation")
 
 if __name__ == "__main__":
   app.run(main)

@@ -6,6 +6,7 @@ comma-separated list flag whose items take the type of the default's items
 """
 
 import dataclasses
+import importlib
 import os
 import sys
 
@@ -79,11 +80,37 @@ def run_main(argv, config_cls, load_run):
     sys.exit(f"error: {e}")
 
 
-def make_main(config_cls, load_run):
-  """An absl main for an evaluation binary: `run_main`, then the test
+def check_choices(config):
+  """Raises ValueError if a field (or an item of a list field) is not among
+  its choices, or a list field is empty."""
+  for f in dataclasses.fields(config):
+    choices, value = f.metadata["choices"], getattr(config, f.name)
+    for item in value if isinstance(value, tuple) else (value,):
+      if choices and item not in choices:
+        raise ValueError(f"--{f.name}={item!r}; allowed: "
+                         f"{', '.join(map(str, choices))}")
+    if isinstance(value, tuple) and not value:
+      raise ValueError(f"--{f.name} is empty; give at least one value")
+
+
+def check_positive(config, names, allow_zero=False):
+  """Raises ValueError naming the first of `names` that is <= 0 (< 0)."""
+  for name in names:
+    value = getattr(config, name)
+    if value < 0 or (value == 0 and not allow_zero):
+      raise ValueError(f"--{name}={value}; must be "
+                       f"{'>= 0' if allow_zero else '> 0'}")
+
+
+def evaluation_binary(config_cls, run_module):
+  """Defines the flags of `config_cls` and returns the absl main of an
+  evaluation binary: `run_main` with `<run_module>.run`, then the test
   accuracy and where results.json went."""
+  define_flags(config_cls)
+
   def main(argv):
-    config, outcome = run_main(argv, config_cls, load_run)
+    config, outcome = run_main(
+        argv, config_cls, lambda: importlib.import_module(run_module).run)
     print(f"{outcome['method']} {outcome['subset']}: test top-1 "
           f"{outcome['test']['top1']:.4f}, top-5 {outcome['test']['top5']:.4f}"
           f" (validation top-1 {outcome['validation']['top1']:.4f})")

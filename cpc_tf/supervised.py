@@ -21,15 +21,7 @@ from absl import app
 from cpc_tf import eval_config
 from cpc_tf import flag_utils
 
-flag_utils.define_flags(eval_config.SupervisedConfig)
-
-
-def _load_run():
-  from cpc_tf.train import baseline
-  return baseline.run
-
-
-main = flag_utils.make_main(eval_config.SupervisedConfig, _load_run)
+main = flag_utils.evaluation_binary(eval_config.SupervisedConfig, "cpc_tf.train.baseline")
 
 if __name__ == "__main__":
   app.run(main)

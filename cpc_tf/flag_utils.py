@@ -12,6 +12,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 
 def field(default, help_text, choices=None):
@@ -72,8 +73,12 @@ def run_main(argv, config_cls, load_run):
   except ValueError as e:
     sys.exit(f"error: {e}")
   run = load_run()  # Heavy imports (TensorFlow) after the checks.
+  from cpc_tf.train import loop  # pylint: disable=g-import-not-at-top
   try:
     return config, run(config)
+  except loop.Preempted as e:  # SIGTERM: checkpointed; not a failure.
+    logging.warning("%s", e)
+    sys.exit(0)
   except ValueError as e:  # User errors (data, paths) found while building.
     if flags.FLAGS.verbosity > 0:
       raise

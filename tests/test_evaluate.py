@@ -4,6 +4,7 @@ early stopping, results, resume, the supervised sweep, flags, report."""
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -260,21 +261,23 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
 
 def test_resume_after_interruption(tmp_path, pretrained, data_dir,
                                    monkeypatch):
-  straight = eval_config_for(tmp_path / "straight", pretrained, data_dir,
-                             protocol="linear")
+  straight = dataclasses.replace(
+      eval_config_for(tmp_path / "straight", pretrained, data_dir,
+                      protocol="linear"), train_steps=8)
   want = evaluation.run(straight)
   resumed = dataclasses.replace(straight, model_dir=str(tmp_path / "resumed"))
   validate = early_stopping.BestWeights.__call__
 
   def interrupted(self, step):
-    if step == 4:  # After the step-2 checkpoint, before the step-4 one.
-      raise KeyboardInterrupt("simulated interruption")
+    if step == 4:  # A preemption notice (SIGTERM) arrives during training.
+      os.kill(os.getpid(), signal.SIGTERM)
     return validate(self, step)
 
   monkeypatch.setattr(early_stopping.BestWeights, "__call__", interrupted)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(loop.Preempted, match="rerun the same command"):
     evaluation.run(resumed)
-  assert tf.train.latest_checkpoint(resumed.model_dir).endswith("ckpt-2")
+  saved = int(tf.train.latest_checkpoint(resumed.model_dir).rsplit("-", 1)[1])
+  assert 4 <= saved < resumed.train_steps
   assert results.read(resumed.model_dir) is None
   monkeypatch.setattr(early_stopping.BestWeights, "__call__", validate)
   got = evaluation.run(resumed)

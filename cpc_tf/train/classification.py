@@ -148,6 +148,10 @@ def fit(config, *, strategy, model_dir, model, logits_fn, optimizer, data,
   step = trainer.restore()
   if step < config.train_steps and not best.should_stop(step):
     trainer.train()
+    if trainer.preempted_at is not None:
+      raise loop.Preempted(
+          f"preempted at step {trainer.preempted_at}; checkpoint saved in "
+          f"{model_dir}, rerun the same command to resume")
   steps_trained = int(trainer.step.numpy())
   best_step = best.restore()
   logging.info("Selected the weights of step %d (validation top-1 %.4f)",

@@ -34,6 +34,10 @@ def variables_by_path(model):
   return {v.path.split("/", 1)[1]: v for v in model.variables}
 
 
+class Preempted(Exception):
+  """SIGTERM stopped training after a checkpoint; rerunning resumes."""
+
+
 class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written (e.g. the disk is full)."""
 
@@ -89,6 +93,7 @@ class Trainer:
     self.writer = (tf.summary.create_file_writer(model_dir) if self.is_chief
                    else tf.summary.create_noop_writer())
     self._train_fn = None
+    self.preempted_at = None  # The step saved on SIGTERM, if any.
 
   def restore(self):
     """Restores the newest checkpoint, if any; returns the step reached."""
@@ -191,6 +196,7 @@ class Trainer:
   def train(self):
     """Runs until `train_steps`; returns the last averaged metrics."""
     self._preempted = False
+    self.preempted_at = None
     previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
     try:
       step = self.restore()
@@ -235,8 +241,10 @@ class Trainer:
       # One read of the SIGTERM flag per iteration: a signal arriving later
       # is handled after the next steps, never reported without a save.
       preempted = self._preempted
+      # Checkpoint steps get their callback (e.g. validation) even when
+      # preempted, so a resumed run sees the same history.
       stop_early = bool(
-          self.on_checkpoint and not preempted and
+          self.on_checkpoint and
           (step % self.checkpoint_every == 0 or step == self.train_steps)
           and self.on_checkpoint(step))
       if step % self.summary_every == 0 or step == self.train_steps:
@@ -255,6 +263,7 @@ class Trainer:
           f"  ({metrics['skipped_steps']:.0f} non-finite steps skipped)"
           if metrics["skipped_steps"] else "")
       if preempted:
+        self.preempted_at = step
         logging.warning("Preempted at step %d; checkpoint saved, rerun the "
                         "same command to resume", step)
         break

@@ -1,4 +1,4 @@
-"""Optimizers of the evaluation protocols (§2.2, A.3-A.4)."""
+"""Learning-rate schedules and optimizers (§4.1, §2.2, A.3-A.4)."""
 
 import keras
 

@@ -13,6 +13,7 @@ from cpc_tf.data import augment as augment_lib
 from cpc_tf.data import pipeline
 from cpc_tf.data import sources
 from cpc_tf.train import loop
+from cpc_tf.train import optimizers
 from cpc_tf.train import strategy as strategy_lib
 
 
@@ -25,11 +26,8 @@ def augment_config(config):
 
 def make_optimizer(config):
   """Adam with linear warm-up to the peak rate, then cosine decay to 0."""
-  warmup = min(config.warmup_steps, config.train_steps - 1)
-  schedule = keras.optimizers.schedules.CosineDecay(
-      initial_learning_rate=0.0, decay_steps=config.train_steps - warmup,
-      warmup_target=config.learning_rate, warmup_steps=warmup)
-  return keras.optimizers.Adam(learning_rate=schedule)
+  return keras.optimizers.Adam(learning_rate=optimizers.learning_rate_schedule(
+      config.learning_rate, config.train_steps, config.warmup_steps))
 
 
 def make_dataset_fn(config, source):

@@ -21,6 +21,20 @@ DIRECTIONS = {
 }
 
 
+def _rot90(latents, turns):
+  """`tf.image.rot90(latents, k=turns)` for a Python int `turns`, built as
+  the transpose/reverse it selects at run time, without its `tf.case` and
+  asserts (control flow in the step graph) and keeping the static shape."""
+  turns %= 4
+  if turns == 1:
+    return tf.transpose(tf.reverse(latents, [2]), [0, 2, 1, 3])
+  if turns == 2:
+    return tf.reverse(latents, [1, 2])
+  if turns == 3:
+    return tf.reverse(tf.transpose(latents, [0, 2, 1, 3]), [2])
+  return latents
+
+
 class CPCModel(keras.Model):
   """Encoder f_theta plus one CPCLoss per prediction direction.
 
@@ -51,7 +65,7 @@ class CPCModel(keras.Model):
     outputs = {}
     total = 0.0
     for (name, turns), cpc_loss in zip(self.directions, self.cpc_losses):
-      rotated = tf.image.rot90(latents, k=turns) if turns else latents
+      rotated = _rot90(latents, turns)
       loss, accuracy = cpc_loss.loss_and_accuracy(rotated)
       outputs[f"loss/{name}"] = loss
       outputs[f"accuracy/{name}"] = accuracy

@@ -9,6 +9,21 @@ import keras
 import tensorflow as tf
 
 
+def pointwise(conv, x, stride=1):
+  """`conv(x)` for a built 1x1 `Conv2D` layer (VALID padding), as one matmul
+  over all positions from the layer's own kernel and bias; a strided 1x1
+  conv samples positions 0, stride, 2 * stride, ..."""
+  if stride > 1:
+    x = x[:, ::stride, ::stride, :]
+  x = tf.cast(x, conv.compute_dtype)
+  shape = tf.shape(x)
+  y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]),
+                tf.cast(conv.kernel, x.dtype)[0, 0])
+  if conv.use_bias:
+    y = tf.nn.bias_add(y, tf.cast(conv.bias, x.dtype))
+  return tf.reshape(y, tf.concat([shape[:-1], [conv.filters]], 0))
+
+
 class PixelCNN(keras.layers.Layer):
   """Five masked residual blocks; the context at row r sees only rows <= r.
 
@@ -46,11 +61,12 @@ class PixelCNN(keras.layers.Layer):
   def call(self, latents):
     cres = latents
     for conv_in, conv_row, conv_up, conv_out in self.blocks:
-      c = tf.nn.relu(conv_in(cres))
+      # The 1x1 convs run as one matmul over all positions (same weights).
+      c = tf.nn.relu(pointwise(conv_in, cres))
       c = conv_row(c)
       c = tf.pad(c, [[0, 0], [1, 0], [0, 0], [0, 0]])
       c = tf.nn.relu(conv_up(c))
-      cres = cres + conv_out(c)
+      cres = cres + pointwise(conv_out, c)
     return tf.nn.relu(cres)
 
   def get_config(self):
@@ -113,7 +129,7 @@ class CPCLoss(keras.layers.Layer):
       self.build(latents.shape)
     latents = tf.cast(latents, self.compute_dtype)
     context = self.context_network(latents)
-    targets = self.target_projection(latents)
+    targets = pointwise(self.target_projection, latents)
     batch_dim, col_dim, row_dim = (tf.shape(targets)[0], targets.shape[1],
                                    targets.shape[2])
     targets = tf.cast(tf.reshape(targets, [-1, self.target_dim]), tf.float32)
@@ -134,8 +150,9 @@ class CPCLoss(keras.layers.Layer):
                              self.prediction_projections):
       col_dim_i = col_dim - i - 1
       total_elements = batch_dim * col_dim_i * row_dim
-      preds_i = projection(context)
-      preds_i = preds_i[:, :-(i + 1), :, :] * self.emb_scale
+      # Only the rows that have a target i + 1 rows below are projected.
+      preds_i = pointwise(projection, context[:, :-(i + 1), :, :])
+      preds_i = preds_i * self.emb_scale
       preds_i = tf.cast(tf.reshape(preds_i, [-1, self.target_dim]),
                         tf.float32)
       logits = tf.matmul(preds_i, targets, transpose_b=True)

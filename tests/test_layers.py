@@ -460,3 +460,14 @@ def test_cross_replica_negatives_with_uneven_replica_batches(
   r = cross_replica_result["uneven"]
   weighted = np.dot(r["sizes"], r["replica_losses"]) / sum(r["sizes"])
   np.testing.assert_allclose(weighted, r["single_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_rot90_matches_tf_image(turns):
+  """cpc._rot90 (static transposes/reverses, no control flow) is
+  tf.image.rot90 on a non-square latent grid."""
+  from cpc_tf import cpc  # pylint: disable=g-import-not-at-top
+  latents = tf.reshape(tf.range(2 * 3 * 4 * 5, dtype=tf.float32),
+                       [2, 3, 4, 5])
+  np.testing.assert_array_equal(cpc._rot90(latents, turns),  # pylint: disable=protected-access
+                                tf.image.rot90(latents, k=turns))

@@ -15,7 +15,8 @@ if str(ROOT) not in sys.path:
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cpc_tf.models.resnet import Encoder, PRESETS  # noqa: E402
+from cpc_tf.models.resnet import (  # noqa: E402
+    BottleneckV2, Encoder, LayerNorm, PRESETS)
 
 EXPECTED_DIMS = {"tiny": 256, "resnet50": 2048, "resnet101": 2048,
                  "resnet152": 2048, "resnet200": 2048, "resnet161": 4096}
@@ -146,3 +147,60 @@ def test_latents_are_pooled_last_feature_map():
         np.testing.assert_allclose(latents[b, r, c],
                                    tf.reduce_mean(top, axis=[0, 1, 2]),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 7)])
+def test_layer_norm_matches_group_normalization(shape, relu):
+  """The hand-written LayerNorm (custom gradient, fused ReLU) computes
+  GroupNormalization(groups=1), values and gradients w.r.t. input, gamma
+  and beta, float32."""
+  rng = np.random.default_rng(0)
+  # Far from zero mean: the gradient must not lose it to cancellation.
+  x = tf.constant(rng.normal(4.0, 0.5, shape), tf.float32)
+  cotangent = tf.constant(rng.normal(size=shape), tf.float32)
+  ours = LayerNorm(epsilon=1e-5)
+  reference = keras.layers.GroupNormalization(groups=1, epsilon=1e-5)
+  for layer in (ours, reference):
+    layer.build(shape)
+  for name in ("gamma", "beta"):
+    value = rng.normal(size=shape[-1]).astype(np.float32)
+    getattr(ours, name).assign(value)
+    getattr(reference, name).assign(value)
+
+  def value_and_grads(layer, apply):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = apply(layer)
+      loss = tf.reduce_sum(y * cotangent)
+    return [y] + tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+  got = value_and_grads(ours, lambda n: n(x, relu=relu))
+  want = value_and_grads(
+      reference, lambda n: tf.nn.relu(n(x)) if relu else n(x))
+  for name, g, w in zip(("y", "dx", "dgamma", "dbeta"), got, want):
+    np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-5,
+                               err_msg=name)
+
+
+def test_bottleneck_matches_keras_layers():
+  """The block's 1x1 convs run as matmuls (`pointwise`, strided for the
+  projection); the result equals calling its Keras layers, with
+  GroupNormalization(groups=1) as the norm."""
+  keras.utils.set_random_seed(0)
+  block = BottleneckV2(8, 16, 2, "layer")
+  x = tf.random.stateless_normal([2, 7, 7, 4], seed=(6, 0))
+  got = block(x)
+
+  def norm(n, h):
+    reference = keras.layers.GroupNormalization(groups=1, epsilon=1e-5)
+    reference.build(h.shape)
+    reference.gamma.assign(n.gamma)
+    reference.beta.assign(n.beta)
+    return tf.nn.relu(reference(h))
+
+  preact = norm(block.norm1, x)
+  h = block.conv2(norm(block.norm2, block.conv1(preact)))
+  want = block.projection(preact) + block.conv3(norm(block.norm3, h))
+  np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
+                             atol=1e-5)

@@ -6,12 +6,20 @@ mean-pooled to one vector, giving latents `[B, rows, cols, D]`. LayerNorm
 here normalises each sample over (H, W, C) with a per-channel scale and
 offset (Ba et al.), i.e. `GroupNormalization(groups=1)`; `norm="batch"`
 exists only to reproduce the paper's LN ablation ("+LN" in Fig. 3).
+
+Performance (issue 9, measured by cpc_tf/benchmark.py): `LayerNorm` is
+`GroupNormalization(groups=1)` (same weights, same output) with a
+hand-written gradient and the following ReLU fused in, and a block's 1x1
+convolutions run as one matmul over all pixels of all patches; the weights
+stay in the same Keras layers, so checkpoints are unchanged.
 """
 
 import dataclasses
 
 import keras
 import tensorflow as tf
+
+from cpc_tf.layers import pointwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +73,86 @@ PRESETS = {
 NORMS = ("layer", "batch")
 
 
+def layer_norm(x, gamma, beta, epsilon, relu=False, dtype=None):
+  """[relu](gamma * (x - mean) / sqrt(var + epsilon) + beta), LayerNorm as
+  in §4.1: statistics per sample over all axes but the first, gamma and
+  beta per channel (last axis).
+
+  Computed in float32 and returned in `dtype` (default: x's dtype). The
+  gradient is written out (per-(sample, channel) sums, then one
+  element-wise expression) instead of differentiating through
+  `tf.nn.moments` and the ReLU.
+  """
+  dtype = dtype or x.dtype
+  gamma = tf.cast(gamma, tf.float32)
+  beta = tf.cast(beta, tf.float32)
+  axes = list(range(1, x.shape.rank))
+
+  @tf.custom_gradient
+  def forward(x, gamma, beta):
+    x32 = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(x32, axes, keepdims=True)
+    rstd = tf.math.rsqrt(variance + epsilon)
+    scale = rstd * gamma  # [N, 1, ..., C]
+    y = x32 * scale + (beta - mean * scale)
+    if relu:
+      y = tf.nn.relu(y)
+    y = tf.cast(y, dtype)
+
+    def backward(dy):
+      if relu:
+        dy = tf.raw_ops.ReluGrad(gradients=dy, features=y)
+      dy = tf.cast(dy, tf.float32)
+      centred = x32 - mean
+      spatial = axes[:-1]
+      # Per (sample, channel): sums over positions of dy and dy * xhat.
+      dy_sum = tf.reduce_sum(dy, spatial, keepdims=True)
+      dy_xhat = rstd * tf.reduce_sum(dy * centred, spatial, keepdims=True)
+      batch_axes = [0] + spatial
+      dgamma = tf.reduce_sum(dy_xhat, batch_axes)
+      dbeta = tf.reduce_sum(dy_sum, batch_axes)
+      # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma,
+      # means per sample over all its elements.
+      count = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
+      g_mean = tf.reduce_sum(dy_sum * gamma, -1, keepdims=True) / count
+      gx_mean = tf.reduce_sum(dy_xhat * gamma, -1, keepdims=True) / count
+      dx = dy * scale - centred * (rstd * rstd * gx_mean) - rstd * g_mean
+      return tf.cast(dx, x.dtype), dgamma, dbeta
+
+    return y, backward
+
+  return forward(x, gamma, beta)
+
+
+@keras.saving.register_keras_serializable("cpc_tf")
+class LayerNorm(keras.layers.GroupNormalization):
+  """`GroupNormalization(groups=1)` (same weights `gamma`, `beta`, same
+  output), computed by `layer_norm`; `call(x, relu=True)` also applies the
+  ReLU that follows every norm in a pre-activation ResNet."""
+
+  def __init__(self, epsilon=1e-5, **kwargs):
+    super().__init__(**{**kwargs, "groups": 1, "epsilon": epsilon})
+    if not (self.scale and self.center and self.axis == -1):
+      raise ValueError("LayerNorm: channels-last with gamma and beta only")
+
+  def call(self, inputs, relu=False):
+    return layer_norm(inputs, self.gamma, self.beta, self.epsilon,
+                      relu=relu, dtype=self.compute_dtype)
+
+
 def make_norm(norm, name):
   if norm == "layer":
-    return keras.layers.GroupNormalization(groups=1, epsilon=1e-5, name=name)
+    return LayerNorm(epsilon=1e-5, name=name)
   if norm == "batch":
     return keras.layers.BatchNormalization(epsilon=1e-5, name=name)
   raise ValueError(f"norm={norm!r}; allowed: {', '.join(NORMS)}")
+
+
+def norm_relu(norm, x, training):
+  """relu(norm(x)); for LayerNorm the ReLU is fused into `layer_norm`."""
+  if isinstance(norm, LayerNorm):
+    return norm(x, relu=True)
+  return tf.nn.relu(norm(x, training=training))
 
 
 class BottleneckV2(keras.layers.Layer):
@@ -92,17 +174,24 @@ class BottleneckV2(keras.layers.Layer):
     self.projection = None
 
   def build(self, input_shape):
+    shape = (None, None, None, input_shape[-1])
     if input_shape[-1] != self.width or self.stride != 1:
       self.projection = keras.layers.Conv2D(
           self.width, 1, strides=self.stride, name="projection")
+      self.projection.build(shape)
+    # The 1x1 convs run as matmuls (`pointwise`) and are never called:
+    # build them here.
+    self.conv1.build(shape)
+    self.conv3.build(shape[:-1] + (self.conv2.filters,))
     super().build(input_shape)
 
   def call(self, x, training=False):
-    preact = tf.nn.relu(self.norm1(x, training=training))
-    shortcut = x if self.projection is None else self.projection(preact)
-    h = self.conv1(preact)
-    h = self.conv2(tf.nn.relu(self.norm2(h, training=training)))
-    h = self.conv3(tf.nn.relu(self.norm3(h, training=training)))
+    preact = norm_relu(self.norm1, x, training)
+    shortcut = (x if self.projection is None
+                else pointwise(self.projection, preact, self.stride))
+    h = pointwise(self.conv1, preact)
+    h = self.conv2(norm_relu(self.norm2, h, training))
+    h = pointwise(self.conv3, norm_relu(self.norm3, h, training))
     return shortcut + h
 
 
@@ -153,7 +242,7 @@ class Encoder(keras.Model):
         x = block(x, training=training)
       stride *= stack.stride
       maps.append([stride, x])
-    maps[-1][1] = tf.nn.relu(self.final_norm(x, training=training))
+    maps[-1][1] = norm_relu(self.final_norm, x, training)
     return [tuple(m) for m in maps]
 
   def call(self, patches, training=False):

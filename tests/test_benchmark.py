@@ -1,0 +1,176 @@
+"""The FLOP counter (cpc_tf/flops.py) and the benchmark binary's report.
+
+No test here asserts a time: the machine is shared, timings are not.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cpc_tf import benchmark
+from cpc_tf import flops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _grads_fn(layer, shape):
+  x = tf.TensorSpec(shape, tf.float32)
+
+  @tf.function
+  def grads(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(layer(x))
+    return loss, tape.gradient(loss, [x] + layer.trainable_variables)
+
+  return grads, x
+
+
+def test_conv2d_forward_backward_flops():
+  """Conv2D 3x3, 8 -> 16 channels, on 2 x 10 x 10 SAME: 2*M*N*K per pass
+  with M = 2*10*10 output positions, N = 16, K = 3*3*8; the backward pass
+  has the input gradient and the filter gradient, each as many again."""
+  layer = keras.layers.Conv2D(16, 3, padding="same")
+  layer.build((2, 10, 10, 8))
+  forward = 2 * (2 * 10 * 10) * 16 * (3 * 3 * 8)
+  total, by_type, _ = flops.graph_flops(tf.function(layer),
+                                        tf.TensorSpec([2, 10, 10, 8]))
+  assert total == forward
+  assert by_type == {"Conv2D": forward}
+  grads, spec = _grads_fn(layer, [2, 10, 10, 8])
+  total, by_type, _ = flops.graph_flops(grads, spec)
+  assert by_type == {"Conv2D": forward, "Conv2DBackpropInput": forward,
+                     "Conv2DBackpropFilter": forward}
+  assert total == 3 * forward
+
+
+def test_strided_conv_counts_output_positions():
+  layer = keras.layers.Conv2D(4, 1, strides=2)
+  layer.build((1, 8, 8, 3))
+  total, _, _ = flops.graph_flops(tf.function(layer),
+                                  tf.TensorSpec([1, 8, 8, 3]))
+  assert total == 2 * (4 * 4) * 4 * 3
+
+
+def test_dense_matmul_flops_and_profiler_agree():
+  """Dense 32 -> 24 on 5 rows: 2*M*N*K = 2*5*24*32 forward; the input and
+  kernel gradients are two matmuls of the same size. The TF profiler's
+  float_ops agree on the matmul and add the bias add (5*24)."""
+  layer = keras.layers.Dense(24)
+  layer.build((5, 32))
+  forward = 2 * 5 * 24 * 32
+  fn = tf.function(layer)
+  total, by_type, _ = flops.graph_flops(fn, tf.TensorSpec([5, 32]))
+  assert total == forward and by_type == {"MatMul": forward}
+  assert flops.profiler_float_ops(fn, tf.TensorSpec([5, 32])) == (
+      forward + 5 * 24)
+  grads, spec = _grads_fn(layer, [5, 32])
+  assert flops.graph_flops(grads, spec)[0] == 3 * forward
+
+
+def test_batch_matmul_and_einsum():
+  a = tf.TensorSpec([3, 4, 5])
+  b = tf.TensorSpec([3, 5, 6])
+  expected = 2 * 3 * 4 * 6 * 5
+  assert flops.graph_flops(tf.function(tf.matmul), a, b)[0] == expected
+  einsum = tf.function(lambda x, y: tf.einsum("bij,bjk->bik", x, y))
+  assert flops.graph_flops(einsum, a, b)[0] == expected
+
+
+def test_tiny_encoder_forward_flops_match_a_hand_count():
+  """The tiny preset on one 8x8 patch, conv by conv (2 * positions * Cout *
+  k * k * Cin): 3x3 stem, a 32/128 block at 8x8 with projection, a strided
+  64/256 block with projection and a plain one at 4x4; the 1x1 convs run
+  as matmuls and count the same."""
+  from cpc_tf.models import resnet  # pylint: disable=g-import-not-at-top
+  encoder = resnet.Encoder("tiny")
+  spec = tf.TensorSpec([1, 1, 1, 8, 8, 3])
+  encoder(tf.zeros(spec.shape))
+
+  def conv(positions, cin, cout, k=1):
+    return 2 * positions * cout * k * k * cin
+
+  hand = (conv(64, 3, 32, 3)
+          + conv(64, 32, 32) + conv(64, 32, 32, 3) + 2 * conv(64, 32, 128)
+          + conv(64, 128, 64) + conv(16, 64, 64, 3) + conv(16, 64, 256)
+          + conv(16, 128, 256)
+          + conv(16, 256, 64) + conv(16, 64, 64, 3) + conv(16, 64, 256))
+  total, by_type, _ = flops.graph_flops(tf.function(encoder.call), spec)
+  assert total == hand
+  assert set(by_type) == {"Conv2D", "MatMul"}
+
+
+def test_unused_gradient_ops_are_pruned():
+  """Gradients w.r.t. the weights only: TF builds the conv's input
+  gradient too, but nothing uses it, so it is not counted."""
+  layer = keras.layers.Conv2D(4, 3)
+  layer.build((1, 6, 6, 2))
+
+  @tf.function
+  def weight_grads(x):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(layer(x))
+    return loss, tape.gradient(loss, layer.trainable_variables)
+
+  spec = tf.TensorSpec([1, 6, 6, 2])
+  forward = 2 * 16 * 4 * 18
+  assert flops.graph_flops(weight_grads, spec)[0] == 2 * forward
+  assert flops.graph_flops(weight_grads, spec, prune=False)[0] == 3 * forward
+
+
+def test_dynamic_shapes_are_rejected():
+  layer = keras.layers.Dense(3)
+  layer.build((None, 4))
+  with pytest.raises(ValueError, match="dynamic shape"):
+    flops.graph_flops(tf.function(layer), tf.TensorSpec([None, 4]))
+
+
+def test_tpu_estimate_is_labelled_and_scales():
+  estimate = benchmark.tpu_estimate(1e12, batch_size=512, chips=(8, 16),
+                                    mfu=(0.5,))
+  assert estimate["computed_estimate"] is True
+  eight, sixteen = estimate["rows"]
+  np.testing.assert_allclose(
+      eight["step_seconds"], 512e12 / (8 * 123e12 * 0.5))
+  np.testing.assert_allclose(eight["step_seconds"],
+                             2 * sixteen["step_seconds"])
+
+
+def test_benchmark_writes_documented_keys(tmp_path):
+  """The binary with its quickest settings (in one process, float32 only)
+  writes the documented JSON keys and a Markdown table."""
+  out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+  proc = subprocess.run(
+      [sys.executable, "-m", "cpc_tf.benchmark", "--quick", "--noisolate",
+       "--nobfloat16", f"--output_json={out_json}",
+       f"--output_md={out_md}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out_json.read_text())
+  for key in ("mfu", "pipeline_to_step_ratio", "end_to_end_to_step_ratio",
+              "peak", "pipeline", "train", "machine", "flop_counting",
+              "load_before", "load_after", "consistent", "wall_seconds"):
+    assert key in report, key
+  assert 0.0 < report["mfu"]
+  assert report["peak"]["float32"]["flops_per_sec"] > 0
+  assert report["pipeline"]["images_per_sec"] > 0
+  (name, tiny), = report["train"].items()
+  assert name == "tiny/demo/b4/float32"
+  for key in ("flops_per_step", "step_seconds", "compile_seconds",
+              "images_per_sec", "patches_per_sec", "mfu", "end_to_end",
+              "learn", "peak_rss_bytes"):
+    assert key in tiny, key
+  for key in ("median", "min", "max", "n"):
+    assert key in tiny["step_seconds"]
+  assert tiny["patches_per_image"] == 49
+  # The step's FLOPs are its convolutions and matmuls, forward+backward.
+  assert set(tiny["flops_by_op_type"]) >= {
+      "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul"}
+  assert sum(tiny["flops_by_op_type"].values()) == tiny["flops_per_step"]
+  assert "MFU" in out_md.read_text()

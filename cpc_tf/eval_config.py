@@ -38,7 +38,7 @@ class CommonConfig:
       "imagenet2012_subset/1pct or /10pct with --label_fraction=1, cifar10, "
       "...), a folder of class sub-folders of images, or an .npz file / "
       "folder of <split>.npz.")
-  data_dir: str = field("", "TFDS data_dir (TFDS names only).")
+  data_dir: str = _pretraining_field("data_dir")
   train_split: str = field("train", "Labelled split the training subset and "
                             "the validation part are drawn from.")
   test_split: str = field("test", "Split reported once at the end "

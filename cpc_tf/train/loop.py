@@ -241,16 +241,15 @@ class Trainer:
       # One read of the SIGTERM flag per iteration: a signal arriving later
       # is handled after the next steps, never reported without a save.
       preempted = self._preempted
+      at_checkpoint = (step % self.checkpoint_every == 0
+                       or step == self.train_steps)
       # Checkpoint steps get their callback (e.g. validation) even when
       # preempted, so a resumed run sees the same history.
-      stop_early = bool(
-          self.on_checkpoint and
-          (step % self.checkpoint_every == 0 or step == self.train_steps)
-          and self.on_checkpoint(step))
+      stop_early = bool(at_checkpoint and self.on_checkpoint
+                        and self.on_checkpoint(step))
       if step % self.summary_every == 0 or step == self.train_steps:
         self._write_scalars(step, metrics, images_per_sec)
-      if (step % self.checkpoint_every == 0 or step == self.train_steps
-          or preempted):
+      if at_checkpoint or preempted:
         self._save(step)
       rate = (step - start_step) / max(time.time() - start_time, 1e-9)
       eta = (self.train_steps - step) / max(rate, 1e-9)

@@ -16,7 +16,10 @@ Measures, and writes as JSON (--output_json) and a Markdown table
     tensors, and fed by the real pipeline (end to end): images/s,
     patches/s, MFU, compile time apart from the steady state, peak RSS,
     and the loss after N real steps (float32 vs mixed bfloat16);
-  * xla: one step as a `tf.function` with and without `jit_compile`.
+  * xla: one step as a `tf.function` with and without `jit_compile`;
+  * op_profile: a profiler trace of the tiny float32 steps (--trace_dir,
+    for TensorBoard) as an op table: the share of the step spent in the
+    convolutions and matmuls, their FLOP rate there, and the other ops.
 
 MFU = counted FLOPs per step / median step time / measured float32 (or
 bfloat16) matmul peak. FLOPs are counted from the step's graph by
@@ -60,13 +63,17 @@ flags.DEFINE_integer("batch_size", 32, "Batch of the tiny preset (the "
                      "demo's).")
 flags.DEFINE_integer("steps_per_loop", 5, "Optimizer steps per timed "
                      "tf.function call (the Trainer's steps_per_loop).")
-flags.DEFINE_integer("repeats", 5, "Timed calls per measurement; medians "
+flags.DEFINE_integer("repeats", 3, "Timed calls per measurement; medians "
                      "and min/max are over these.")
-flags.DEFINE_integer("learn_steps", 40, "Real-data steps before the loss is "
+flags.DEFINE_integer("learn_steps", 20, "Real-data steps before the loss is "
                      "compared between float32 and bfloat16.")
 flags.DEFINE_bool("bfloat16", True, "Also measure mixed bfloat16.")
 flags.DEFINE_bool("xla", True, "Also measure one step with jit_compile.")
-flags.DEFINE_list("extra", ["tiny@64", "resnet50@small"],
+flags.DEFINE_string("trace_dir", "", "Where the profiler trace of the tiny "
+                    "float32 steps goes (open with tensorboard --logdir); "
+                    "'' = a temporary directory. The op table it gives is in "
+                    "the report either way.")
+flags.DEFINE_list("extra", ["resnet50@small"],
                   "More train measurements, float32: <preset>@<batch> at the "
                   "demo geometry, or <preset>@small (80x80 images, 32x32 "
                   "patches at stride 16, batch 2).")
@@ -110,6 +117,7 @@ class TrainSpec:
   learn_steps: int = 0  # >0: train this many real steps first, from init.
   end_to_end: bool = True  # Also time steps fed by the real pipeline.
   xla: bool = False  # Time a single jit_compile'd step against graph mode.
+  op_profile: str = ""  # A directory: trace k in-memory steps, op table.
   dataset: str = "data/cifar10_demo"
   directions: int = 4
   seed: int = 0
@@ -242,6 +250,7 @@ def measure_train(spec):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from cpc_tf import cpc  # pylint: disable=g-import-not-at-top
   from cpc_tf import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from cpc_tf import op_profile  # pylint: disable=g-import-not-at-top
   from cpc_tf.data import sources  # pylint: disable=g-import-not-at-top
   from cpc_tf.train import loop  # pylint: disable=g-import-not-at-top
   from cpc_tf.train import pretraining  # pylint: disable=g-import-not-at-top
@@ -345,6 +354,11 @@ def measure_train(spec):
           # Paired: each in-memory timing with the end-to-end one after it.
           "to_memory_ratio": _stats(ratios)["median"],
           "to_memory_ratio_spread": _stats(ratios)}
+    if spec.op_profile:
+      path = op_profile.trace(lambda: run(memory, k), spec.op_profile)
+      result["op_profile"] = op_profile.op_table(
+          path, k, step["median"], counted)
+      result["op_profile"]["trace"] = path
     if spec.xla:
       result["xla"] = _measure_xla(model, optimizer, batch, spec.repeats,
                                    loss_and_grads)
@@ -512,7 +526,9 @@ def run_all():
   base = dict(preset="tiny", geometry="demo", batch_size=batch,
               steps_per_loop=k, repeats=repeats, dataset=FLAGS.dataset,
               directions=1 if quick else 4)
-  specs = [dict(base, learn_steps=learn, xla=FLAGS.xla and not quick)]
+  specs = [dict(base, learn_steps=learn, xla=FLAGS.xla and not quick,
+                op_profile=FLAGS.trace_dir or tempfile.mkdtemp(
+                    prefix="cpc_benchmark_trace_"))]
   if FLAGS.bfloat16:
     specs.append(dict(base, precision="bfloat16", learn_steps=learn))
   if not quick:
@@ -582,6 +598,9 @@ def _summarise(report):
           steps=tiny["learn"]["steps"],
           loss_float32=tiny["learn"]["loss"],
           loss_bfloat16=bf16["learn"]["loss"],
+          # Mean loss of the first loop: how far each fell from there.
+          first_loss_float32=tiny["learn"]["loss_curve"][0],
+          first_loss_bfloat16=bf16["learn"]["loss_curve"][0],
           loss_relative_difference=abs(
               bf16["learn"]["loss"] - tiny["learn"]["loss"]) /
           abs(tiny["learn"]["loss"]))
@@ -589,6 +608,11 @@ def _summarise(report):
     report["bf16_speedup"] = comparison["speedup"]
   if "xla" in tiny:
     report["xla"] = tiny["xla"]
+  if "op_profile" in tiny and f32_peak:
+    profile = tiny["op_profile"]
+    profile["counted_ops_fraction_of_peak"] = (
+        profile["counted_ops_flops_per_sec"] / f32_peak)
+    report["op_profile"] = profile
   paper = next((r for r in train.values()
                 if r.get("spec", {}).get("preset") == "resnet161"
                 and r["spec"]["geometry"] == "paper"
@@ -669,7 +693,9 @@ def markdown(report):
     b = report["bfloat16"]
     lines += ["", f"bfloat16 vs float32 after {b['steps']} real steps: loss "
               f"{b['loss_bfloat16']:.4f} vs {b['loss_float32']:.4f} "
-              f"({100 * b['loss_relative_difference']:.2f}% apart), step "
+              f"({100 * b['loss_relative_difference']:.2f}% apart; fallen "
+              f"from {b['first_loss_bfloat16']:.4f} and "
+              f"{b['first_loss_float32']:.4f} in the first loop), step "
               f"{b['speedup']:.2f}x faster."]
   if "xla" in report:
     x = report["xla"]
@@ -683,6 +709,8 @@ def markdown(report):
     lines += ["", "One step per call, tiny float32: " + ", ".join(parts) +
               (f"; XLA speed-up {x['xla_speedup']:.2f}x."
                if "xla_speedup" in x else ".")]
+  if "op_profile" in report:
+    lines += [""] + _op_profile_markdown(report["op_profile"])
   if "tpu_estimate" in report:
     t = report["tpu_estimate"]
     lines += ["", "**Computed estimate, not measured**: resnet161 at "
@@ -697,6 +725,35 @@ def markdown(report):
                    f"{row['hours_per_100k_steps']:.0f} |")
     lines += ["", t["assumptions"]]
   return "\n".join(lines) + "\n"
+
+
+def _op_profile_markdown(p):
+  """The MFU gap: time in the counted ops, how fast they run, the rest."""
+  lines = [
+      f"Where the tiny float32 step's time goes (profiler trace of "
+      f"{p['steps_traced']} steps, op time summed over threads): "
+      f"{1e3 * p['op_seconds_per_step']:.0f} ms of op time per "
+      f"{1e3 * p['step_seconds']:.0f} ms step "
+      f"({p['op_time_to_step_time']:.2f}x: ops overlap on the cores). "
+      f"Convolutions and matmuls take "
+      f"{100 * p['counted_ops_share_of_op_time']:.0f}% of op time; in that "
+      f"share of the step ({1e3 * p['counted_ops_seconds_per_step']:.0f} ms)"
+      f" they run at {p['counted_ops_flops_per_sec'] / 1e9:.0f} GFLOP/s"
+      + (f" ({100 * p['counted_ops_fraction_of_peak']:.0f}% of the matmul "
+         "peak)" if "counted_ops_fraction_of_peak" in p else "") +
+      f"; all other ops take the other "
+      f"{1e3 * p['other_ops_seconds_per_step']:.0f} ms. MFU = share x "
+      "fraction of peak.", "",
+      "| op type (after Grappler/oneDNN) | ms / step | share of op time | "
+      "calls / step | FLOPs counted |", "| --- | --- | --- | --- | --- |"]
+  for row in p["top_ops"]:
+    lines.append(f"| {row['op_type']} | {row['ms_per_step']:.1f} | "
+                 f"{100 * row['share_of_op_time']:.1f}% | "
+                 f"{row['calls_per_step']:.0f} | "
+                 f"{'yes' if row['counted'] else 'no'} |")
+  if p["other_op_types"]:
+    lines.append(f"| ({p['other_op_types']} more types) | | | | |")
+  return lines
 
 
 def main(argv):

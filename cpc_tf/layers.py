@@ -9,12 +9,9 @@ import keras
 import tensorflow as tf
 
 
-def pointwise(conv, x, stride=1):
-  """`conv(x)` for a built 1x1 `Conv2D` layer (VALID padding), as one matmul
-  over all positions from the layer's own kernel and bias; a strided 1x1
-  conv samples positions 0, stride, 2 * stride, ..."""
-  if stride > 1:
-    x = x[:, ::stride, ::stride, :]
+def pointwise(conv, x):
+  """`conv(x)` for a built, unstrided 1x1 `Conv2D` layer, as one matmul
+  over all positions from the layer's own kernel and bias."""
   x = tf.cast(x, conv.compute_dtype)
   shape = tf.shape(x)
   y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]),
@@ -151,7 +148,9 @@ class CPCLoss(keras.layers.Layer):
       col_dim_i = col_dim - i - 1
       total_elements = batch_dim * col_dim_i * row_dim
       # Only the rows that have a target i + 1 rows below are projected.
-      preds_i = pointwise(projection, context[:, :-(i + 1), :, :])
+      # tf.slice: its gradient (a Pad) is much cheaper than StridedSlice's.
+      preds_i = pointwise(projection, tf.slice(
+          context, [0, 0, 0, 0], [-1, col_dim_i, -1, -1]))
       preds_i = preds_i * self.emb_scale
       preds_i = tf.cast(tf.reshape(preds_i, [-1, self.target_dim]),
                         tf.float32)

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from cpc_tf import benchmark
 from cpc_tf import flops
+from cpc_tf import op_profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,6 +143,36 @@ def test_tpu_estimate_is_labelled_and_scales():
                              2 * sixteen["step_seconds"])
 
 
+def test_op_profile_counts_every_executed_op(tmp_path):
+  """The profiler's op table sees each executed matmul once per call and
+  puts it among the ops whose FLOPs MFU counts."""
+  w = tf.Variable(tf.eye(64))
+
+  @tf.function
+  def three_layers(x):
+    for _ in range(3):
+      x = tf.nn.relu(tf.matmul(x, w))
+    return x
+
+  x = tf.ones([32, 64])
+  three_layers(x)
+  path = op_profile.trace(lambda: [three_layers(x).numpy() for _ in range(2)],
+                          str(tmp_path))
+  calls = {kind: n for kind, (_, n) in op_profile.op_seconds(path).items()}
+  assert sum(n for kind, n in calls.items() if "MatMul" in kind) == 6, calls
+  flops_per_call = 3 * 2 * 32 * 64 * 64
+  table = op_profile.op_table(path, steps=2, step_seconds=1.0,
+                              counted_flops=flops_per_call)
+  matmul_rows = [r for r in table["top_ops"] if "MatMul" in r["op_type"]]
+  assert matmul_rows and all(r["counted"] for r in matmul_rows)
+  assert sum(r["calls_per_step"] for r in matmul_rows) == 3
+  share = table["counted_ops_share_of_op_time"]
+  assert 0 < share <= 1
+  # MFU = counted share of the step x the counted ops' rate in that share.
+  np.testing.assert_allclose(
+      share * table["counted_ops_flops_per_sec"] * 1.0, flops_per_call)
+
+
 def test_benchmark_writes_documented_keys(tmp_path):
   """The binary with its quickest settings (in one process, float32 only)
   writes the documented JSON keys and a Markdown table."""
@@ -173,4 +204,10 @@ def test_benchmark_writes_documented_keys(tmp_path):
   assert set(tiny["flops_by_op_type"]) >= {
       "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul"}
   assert sum(tiny["flops_by_op_type"].values()) == tiny["flops_per_step"]
+  # The profile of the same step: its convolutions are among the counted ops.
+  profile = report["op_profile"]
+  assert any(r["counted"] and "Conv2D" in r["op_type"]
+             for r in profile["top_ops"])
+  assert 0 < profile["counted_ops_fraction_of_peak"]
   assert "MFU" in out_md.read_text()
+  assert "Where the tiny float32 step's time goes" in out_md.read_text()

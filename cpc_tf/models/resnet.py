@@ -187,8 +187,12 @@ class BottleneckV2(keras.layers.Layer):
 
   def call(self, x, training=False):
     preact = norm_relu(self.norm1, x, training)
-    shortcut = (x if self.projection is None
-                else pointwise(self.projection, preact, self.stride))
+    if self.projection is None:
+      shortcut = x
+    elif self.stride == 1:
+      shortcut = pointwise(self.projection, preact)
+    else:  # A strided 1x1 conv: oneDNN's strided kernels beat slicing.
+      shortcut = self.projection(preact)
     h = pointwise(self.conv1, preact)
     h = self.conv2(norm_relu(self.norm2, h, training))
     h = pointwise(self.conv3, norm_relu(self.norm3, h, training))

@@ -26,7 +26,7 @@ def augment_config(config):
 
 def make_optimizer(config):
   """Adam with linear warm-up to the peak rate, then cosine decay to 0."""
-  return keras.optimizers.Adam(learning_rate=optimizers.learning_rate_schedule(
+  return optimizers.FusedAdam(learning_rate=optimizers.learning_rate_schedule(
       config.learning_rate, config.train_steps, config.warmup_steps))
 
 

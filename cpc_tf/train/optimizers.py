@@ -21,9 +21,6 @@ class FusedAdam(keras.optimizers.Adam):
   multi-threaded op per variable instead of about ten element-wise ones
   (Keras 3 has no fused Adam; issue 9, measured by cpc_tf.benchmark)."""
 
-  def __init__(self, name="adam", **kwargs):
-    super().__init__(name=name, **kwargs)
-
   def update_step(self, gradient, variable, learning_rate):
     if self.amsgrad:
       return super().update_step(gradient, variable, learning_rate)

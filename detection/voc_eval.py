@@ -9,10 +9,15 @@ Per class, as the VOC 2007 devkit (VOCevaldet) computes it:
   * "difficult" ground truth is ignored: a detection matched to it is
     neither a true nor a false positive, and it is not counted among the
     positives to recall;
-  * AP is the 11-point interpolated average: the mean over recall levels
-    t in {0, 0.1, ..., 1} of the highest precision at recall >= t (levels
-    exactly i/10; the devkit's float steps 0:0.1:1 miss a recall of exactly
-    0.3, 0.6 or 0.7 by rounding).
+  * AP is the 11-point interpolated average: the mean over the recall
+    levels t of MATLAB's `0:0.1:1` of the highest precision at recall >= t.
+    MATLAB builds that range as k * 0.1 up to its middle and 1 - (10 - k) *
+    0.1 after it, so its 0.3 is 3 * 0.1 = 0.30000000000000004 (a recall of
+    exactly 3/10 misses it) while 0.6 and 0.7 are the doubles nearest 0.6
+    and 0.7 (recalls 6/10 and 7/10 reach them);
+  * detections matched to a difficult box stay in the ranking with neither
+    a true nor a false positive, so their precision is 0/0: MATLAB's max
+    ignores it, and a class whose every detection is such gets AP NaN.
 mAP is the mean AP over the classes that have at least one non-difficult
 ground-truth box (all 20 on the VOC 2007 test set); a class without one has
 an undefined AP (NaN) and is left out of the mean.
@@ -26,7 +31,9 @@ import numpy as np
 from detection import voc
 
 METRIC_PREFIX = "VOC07_"
-RECALL_LEVELS = np.arange(11) / 10
+# MATLAB's 0:0.1:1, element for element (see the module docstring).
+RECALL_LEVELS = np.array([k * 0.1 for k in range(6)] +
+                         [1 - (10 - k) * 0.1 for k in range(6, 11)])
 
 
 def iou(box, boxes):
@@ -42,12 +49,18 @@ def iou(box, boxes):
 
 def voc07_average_precision(recall, precision):
   """11-point interpolated AP from the recall and precision after each
-  detection (in score order)."""
+  detection (in score order; precision NaN where nothing counted yet).
+
+  As the devkit: no detection at a level counts 0; MATLAB's max skips
+  NaN, and returns NaN when every value is NaN, which then makes the AP NaN.
+  """
   recall, precision = np.asarray(recall), np.asarray(precision)
   total = 0.0
   for level in RECALL_LEVELS:
     reached = precision[recall >= level]
-    total += reached.max() if reached.size else 0.0
+    if reached.size:
+      total += (np.nan if np.isnan(reached).all()
+                else np.nanmax(reached))
   return total / len(RECALL_LEVELS)
 
 
@@ -79,8 +92,10 @@ def class_average_precision(detections, groundtruths, iou_threshold=0.5):
                      np.asarray(boxes, np.float64))
       best = int(np.argmax(overlaps))
       if overlaps[best] >= iou_threshold:
-        if difficult[best]:
-          continue  # Neither a true nor a false positive.
+        if difficult[best]:  # Neither a true nor a false positive.
+          true_positive.append(False)
+          false_positive.append(False)
+          continue
         duplicate = matched[image][best]
         matched[image][best] = True
         true_positive.append(not duplicate)
@@ -91,7 +106,8 @@ def class_average_precision(detections, groundtruths, iou_threshold=0.5):
   tp = np.cumsum(true_positive, dtype=np.float64)
   fp = np.cumsum(false_positive, dtype=np.float64)
   recall = tp / num_positives
-  precision = tp / np.maximum(tp + fp, np.finfo(np.float64).tiny)
+  with np.errstate(invalid="ignore"):  # 0/0 before the first count.
+    precision = tp / (tp + fp)
   return voc07_average_precision(recall, precision)
 
 
@@ -147,6 +163,9 @@ class VOC07Evaluator:
     pred = {k: _numpy(predictions[k])
             for k in ("detection_boxes", "detection_scores",
                       "detection_classes", "num_detections", "image_info")}
+    # Ground truth comes back from normalized float32 coordinates; VOC's
+    # boxes lie on the pixel grid, so round off the float32 error.
+    gt["boxes"] = np.round(gt["boxes"])
     for i in range(len(gt["num_detections"])):
       n, m = int(gt["num_detections"][i]), int(pred["num_detections"][i])
       scale = np.tile(pred["image_info"][i, 2], 2)

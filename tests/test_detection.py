@@ -227,10 +227,16 @@ def test_ap_11_point_interpolation():
   assert _ap(detections, groundtruths) == pytest.approx(28 / 33)
   # Order is by score, not by list position.
   assert _ap(detections[::-1], groundtruths) == pytest.approx(28 / 33)
-  # 3 of 10 found at precision 1: levels 0, .1, .2 and exactly .3 -> 4/11.
+
+
+@pytest.mark.parametrize("found,levels", [(3, 3), (6, 7), (7, 8)])
+def test_ap_recall_levels_are_matlabs(found, levels):
+  """k of 10 found at precision 1. The devkit's 0:0.1:1 has 0.3 as
+  3 * 0.1 > 3/10, so recall 3/10 reaches only 0, .1, .2; its 0.6 and 0.7
+  are exact, so 6/10 and 7/10 reach them."""
   groundtruths = {i: ([A], [False]) for i in range(10)}
-  assert _ap([(i, 1.0 - i / 10, A) for i in range(3)],
-             groundtruths) == pytest.approx(4 / 11)
+  assert _ap([(i, 1.0 - i / 100, A) for i in range(found)],
+             groundtruths) == pytest.approx(levels / 11)
 
 
 def test_ap_duplicates_are_false_positives():
@@ -251,6 +257,11 @@ def test_ap_difficult_is_neither_tp_nor_fp():
   assert _ap([(0, 0.9, A)], {0: ([A, B], [False, True])}) == 1.0
   # A class with only difficult boxes has no AP.
   assert np.isnan(_ap([(0, 0.9, A)], {0: ([A], [True])}))
+  # Every detection on a difficult box: precision 0/0 throughout, which
+  # the devkit's max keeps as NaN; no detection at all is AP 0.
+  assert np.isnan(_ap([(0, 0.9, B), (0, 0.8, B)],
+                      {0: ([A, B], [False, True])}))
+  assert _ap([], {0: ([A, B], [False, True])}) == 0.0
 
 
 def test_ap_iou_threshold_is_inclusive():
@@ -301,6 +312,26 @@ def test_evaluator_reads_model_garden_outputs():
   results = evaluator.result()
   assert results["VOC07_AP/aeroplane"] == 1.0  # Difficult B ignored.
   assert results["VOC07_num_classes"] == 1
+
+
+def test_evaluator_rounds_float32_ground_truth_to_pixels():
+  """A box that came back from normalized float32 coordinates a hair too
+  large still gives IoU 0.5 with a half-box detection."""
+  groundtruths = {
+      "boxes": np.array([[[0, 0, 10.000001, 10.000001]]], np.float32),
+      "classes": np.array([[1]]), "is_crowds": np.array([[0]]),
+      "num_detections": np.array([1]),
+  }
+  predictions = {
+      "detection_boxes": np.array([[[0, 0, 10, 5]]], float),
+      "detection_scores": np.array([[0.9]]),
+      "detection_classes": np.array([[1]]),
+      "num_detections": np.array([1]),
+      "image_info": np.array([[[10, 10], [10, 10], [1, 1], [0, 0]]]),
+  }
+  evaluator = voc_eval.VOC07Evaluator(voc.CLASSES)
+  evaluator.update_state(groundtruths, predictions)
+  assert evaluator.result()["VOC07_AP/aeroplane"] == 1.0
 
 
 # --- colour dropping ------------------------------------------------------

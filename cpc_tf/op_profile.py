@@ -1,4 +1,4 @@
-"""Where a step's time goes, op type by op type (the MFU gap, issue 9).
+"""Where a step's time goes, op type by op type (the MFU gap).
 
 `trace(run, logdir)` records `run()` with the TensorBoard profiler (the
 trace stays in `logdir` for TensorBoard's Profile tab); `op_table(path, ...)`

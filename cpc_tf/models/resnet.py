@@ -7,7 +7,7 @@ here normalises each sample over (H, W, C) with a per-channel scale and
 offset (Ba et al.), i.e. `GroupNormalization(groups=1)`; `norm="batch"`
 exists only to reproduce the paper's LN ablation ("+LN" in Fig. 3).
 
-Performance (issue 9, measured by cpc_tf/benchmark.py): `LayerNorm` is
+Performance (measured by cpc_tf/benchmark.py): `LayerNorm` is
 `GroupNormalization(groups=1)` (same weights, same output) with a
 hand-written gradient and the following ReLU fused in, and a block's 1x1
 convolutions run as one matmul over all pixels of all patches; the weights

@@ -6,7 +6,6 @@ import collections
 import copy
 import json
 import os
-import pathlib
 import subprocess
 import sys
 from xml.etree import ElementTree
@@ -29,11 +28,10 @@ from official.vision.dataloaders import tf_example_decoder
 from official.vision.modeling.backbones import factory
 from official.vision.ops import preprocess_ops
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-# The workplace's shared data sits beside the repository (../shared).
-SHARED = REPO.parent / "shared"
-VOC_SUBSET = (SHARED if SHARED.exists() else pathlib.Path("/work/shared")
-              ) / "data" / "voc2007_subset"
+from conftest import ROOT as REPO
+from conftest import SHARED_DATA
+
+VOC_SUBSET = SHARED_DATA / "voc2007_subset"
 CPU_CONFIG = str(REPO / "detection" / "configs" / "voc_subset_cpu.yaml")
 
 needs_subset = pytest.mark.skipif(not VOC_SUBSET.is_dir(),

@@ -9,18 +9,17 @@ import tensorflow_datasets as tfds
 
 from cpc_tf.data import sources
 
-# The workplace's shared data sits beside the repository (../shared).
-_SHARED = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), os.pardir, "shared")
-CIFAR = os.path.join(_SHARED if os.path.isdir(_SHARED) else "/work/shared",
-                     "data", "cifar10")
+from conftest import SHARED_DATA
+
+CIFAR = str(SHARED_DATA / "cifar10")
 
 
 def examples(source):
   return [(image.numpy(), int(label)) for image, label in source.dataset]
 
 
-@pytest.mark.skipif(not os.path.isdir(CIFAR), reason="no shared CIFAR-10")
+@pytest.mark.skipif(not os.path.isdir(CIFAR),
+                    reason=f"{CIFAR} is absent (set CPC_TF_SHARED)")
 def test_shared_cifar10_npz():
   source = sources.load(CIFAR, "test")
   assert (source.num_examples, source.num_classes) == (10000, 10)

@@ -19,13 +19,13 @@ from cpc_tf.models.resnet import (  # noqa: E402
     BottleneckV2, Encoder, LayerNorm, PRESETS)
 
 EXPECTED_DIMS = {"tiny": 256, "resnet50": 2048, "resnet101": 2048,
-                 "resnet152": 2048, "resnet200": 2048, "resnet161": 4096}
+                 "resnet152": 2048, "resnet200": 2048, "resnet161": 4096,
+                 "resnet101_3stacks": 1024}
 
 
 def test_presets_are_the_expected_ones():
-  """The paper's encoders are all there with their widths (other presets may
-  exist besides them)."""
-  assert set(EXPECTED_DIMS) <= set(PRESETS)
+  """The paper's encoders and the CPU presets, each with its width."""
+  assert set(EXPECTED_DIMS) == set(PRESETS)
   for name, dim in EXPECTED_DIMS.items():
     assert PRESETS[name].output_dim == dim
     assert Encoder(name).output_dim == dim
@@ -43,7 +43,7 @@ def test_preset_builds_and_returns_latents(preset):
   patches = tf.random.stateless_uniform([batch, rows, cols, p, p, 3],
                                         seed=(1, 0))
   latents = encoder(patches)
-  dim = EXPECTED_DIMS.get(preset, PRESETS[preset].output_dim)
+  dim = EXPECTED_DIMS[preset]  # Written out here, not read off the preset.
   assert encoder.output_dim == dim
   assert latents.shape == (batch, rows, cols, dim)
   assert latents.dtype == tf.float32

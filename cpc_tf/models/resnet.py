@@ -19,7 +19,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from cpc_tf.layers import pointwise
+from cpc_tf.ops import pointwise
 
 
 @dataclasses.dataclass(frozen=True)

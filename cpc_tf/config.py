@@ -9,9 +9,13 @@ evaluation rebuild the same encoder and patch geometry.
 import dataclasses
 import json
 import os
-import tempfile
+import uuid
+
+import tensorflow as tf
 
 from cpc_tf.data import patches as patches_lib
+from cpc_tf.data import pipeline
+from cpc_tf import files
 from cpc_tf import flag_utils
 from cpc_tf.flag_utils import field
 from cpc_tf.models import resnet
@@ -78,8 +82,10 @@ class PretrainConfig:
   summary_every: int = field(20, "Write TensorBoard scalars every N steps.")
   profile_steps: str = field("", "'START,END': trace these steps with the "
                               "TensorBoard profiler.")
-  cache_images: bool = field(True, "Cache decoded images in memory (small "
-                              "data sets only).")
+  cache_images: str = field(
+      "auto", "Keep decoded images in memory: auto = if one host's share "
+      f"fits in {pipeline.CACHE_MEMORY_FRACTION:g} of the available memory.",
+      pipeline.CACHE_CHOICES)
   seed: int = field(0, "Seed of the initialisation, data order and "
                      "augmentation.")
   deterministic: bool = field(False, "Deterministic TF ops "
@@ -119,13 +125,14 @@ class PretrainConfig:
     return self
 
   def save(self, path):
-    with open(path, "w") as f:
-      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+    """Writes the config as JSON to `path` (any tf.io.gfile path)."""
+    files.write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2,
+                                        sort_keys=True))
 
   @classmethod
   def load(cls, path):
     """Reads a config saved by `save`; unknown keys are ignored."""
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
       saved = json.load(f)
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in saved.items() if k in known})
@@ -145,13 +152,15 @@ def parse_profile_steps(text):
 
 def check_writable(directory, flag):
   """Fails early (not after hours of training) if `directory` can't be
-  created or written. Remote paths (gs://, ...) are left to TensorFlow."""
-  if "://" in directory:
-    return
+  created or written: creates it and writes and removes a probe file, through
+  tf.io.gfile, so gs:// and other TensorFlow filesystems are checked too."""
+  probe = os.path.join(directory, f".write_check_{uuid.uuid4().hex}")
   try:
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory):
-      pass
-  except OSError as e:
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = e.message if isinstance(e, tf.errors.OpError) else e.strerror
     raise ValueError(f"{flag}={directory} is not writable: "
-                     f"{e.strerror}") from None
+                     f"{reason.splitlines()[0] if reason else e}") from None

@@ -10,7 +10,11 @@ Each config is saved as `config.json` in its `model_dir`.
 import dataclasses
 import json
 
+import tensorflow as tf
+
 from cpc_tf import config as pretrain_config
+from cpc_tf.data import pipeline
+from cpc_tf import files
 from cpc_tf import flag_utils
 from cpc_tf.flag_utils import field
 from cpc_tf.models import heads
@@ -69,8 +73,10 @@ class CommonConfig:
   tpu: str = field("", "TPU name or grpc:// address (--strategy=tpu).")
   mixed_precision: str = field("none", "Mixed precision compute dtype.",
                                 pretrain_config.MIXED_PRECISION)
-  cache_images: bool = field(True, "Cache decoded images in memory (small "
-                              "data sets only).")
+  cache_images: str = field(
+      "auto", "Keep decoded images in memory: auto = if one host's share "
+      f"fits in {pipeline.CACHE_MEMORY_FRACTION:g} of the available memory.",
+      pipeline.CACHE_CHOICES)
   seed: int = field(0, "Seed of initialisation, data order and "
                      "augmentation.")
 
@@ -102,12 +108,13 @@ class CommonConfig:
     return f"{100 * self.label_fraction:g}%"
 
   def save(self, path):
-    with open(path, "w") as f:
-      json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+    """Writes the config as JSON to `path` (any tf.io.gfile path)."""
+    files.write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2,
+                                        sort_keys=True))
 
   def differences(self, path):
     """Fields whose value differs from the config saved at `path`."""
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
       saved = json.load(f)
     now = json.loads(json.dumps(dataclasses.asdict(self)))
     return sorted(k for k in now if saved.get(k) != now[k])

@@ -19,7 +19,6 @@ Usage: python -m cpc_tf.export --model_dir=<pretraining dir> [--export_dir=]
 """
 
 import os
-import shutil
 
 from absl import app
 from absl import flags
@@ -36,6 +35,7 @@ from cpc_tf.train import loop
 
 FEATURE_LEVELS = {"2": 4, "3": 8, "4": 16, "5": 32}
 CONFIG_FILE = "cpc_config.json"
+_SAVED_MODEL = "saved_model.pb"
 
 
 def dense_features(encoder, images):
@@ -105,19 +105,65 @@ def verify(encoder, config, path, batch_size=2, atol=1e-4):
                            f"{shape}, expected stride {stride}")
 
 
+def _delete(path):
+  """Removes the directory tree `path` if there is one."""
+  try:
+    tf.io.gfile.rmtree(path)
+  except tf.errors.NotFoundError:
+    pass
+
+
+def _copy_in(staging, export_dir):
+  """Replaces `export_dir` by a copy of `staging`, file by file; the old
+  saved_model.pb goes first and the new one comes last (see
+  `export_encoder`)."""
+  marker = os.path.join(export_dir, _SAVED_MODEL)
+  if tf.io.gfile.exists(marker):
+    tf.io.gfile.remove(marker)
+  _delete(export_dir)
+  files = []
+  for folder, _, names in tf.io.gfile.walk(staging):
+    tf.io.gfile.makedirs(export_dir + folder[len(staging):])
+    files += [os.path.join(folder, name) for name in names]
+  for source in sorted(files, key=lambda f: f.endswith("/" + _SAVED_MODEL)):
+    tf.io.gfile.copy(source, export_dir + source[len(staging):],
+                     overwrite=True)
+
+
 def export_encoder(encoder, config, export_dir):
-  """Writes to a temporary directory, verifies, then swaps it in, so a failed
-  write never leaves a broken export in place of a good one."""
+  """Writes the export aside, verifies it, then puts it at `export_dir` (any
+  tf.io.gfile path), so a failed or interrupted export never leaves a broken
+  SavedModel in place of a good one.
+
+  1. `<export_dir>.staging` is written and verified (`verify`); until then
+     the previous export is untouched.
+  2. Local disk (renaming a directory is atomic): the previous export is
+     renamed to `<export_dir>.previous`, the staging directory to
+     `export_dir`, then `.previous` is deleted. A crash between the renames
+     leaves both verified exports, under those two names.
+     gs:// and other object stores (no directory rename): the previous
+     export's saved_model.pb is deleted first, then the rest of it, and the
+     staging files are copied in with saved_model.pb last, so a
+     saved_model.pb at `export_dir` always stands beside a complete,
+     verified export. A crash during the copy leaves `export_dir` without
+     saved_model.pb (not loadable) and the verified copy in `.staging`;
+     rerunning the export writes it again.
+  3. `.staging` is deleted.
+  """
   export_dir = export_dir.rstrip("/")
   staging, previous = export_dir + ".staging", export_dir + ".previous"
   for leftover in (staging, previous):
-    shutil.rmtree(leftover, ignore_errors=True)
+    _delete(leftover)
   _write(encoder, config, staging)
   verify(encoder, config, staging)
-  if os.path.exists(export_dir):
-    os.rename(export_dir, previous)
-  os.rename(staging, export_dir)
-  shutil.rmtree(previous, ignore_errors=True)
+  if "://" in export_dir:
+    _copy_in(staging, export_dir)
+    _delete(staging)
+  else:
+    if tf.io.gfile.exists(export_dir):
+      tf.io.gfile.rename(export_dir, previous)
+    tf.io.gfile.rename(staging, export_dir)
+    _delete(previous)
   logging.info("Exported and verified the encoder SavedModel at %s",
                export_dir)
   return export_dir

@@ -8,12 +8,12 @@ oneDNN rewrote the graph (e.g. `_MklNativeFusedConv2D`). Durations are summed
 per type over all threads. Functional ops (`While`, `PartitionedCall`, ...)
 wrap the ops they run and are left out so no time is counted twice.
 
-Written by hand because TensorBoard's profile plugin (which shows the same
-table) is not a dependency, and only its raw XSpace protobuf ships with TF.
+Written by hand because TensorBoard's profile plugin shows the same table
+only in its UI, with no Python API to read it; the XSpace protobuf ships
+with TF.
 """
 
 import collections
-import glob
 import os
 import re
 
@@ -29,16 +29,17 @@ _COUNTED = re.compile(r"Conv2D|MatMul|Einsum")
 
 
 def trace(run, logdir):
-  """Runs `run()` under the profiler; returns the .xplane.pb path written."""
-  before = set(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"),
-                         recursive=True))
+  """Runs `run()` under the profiler; returns the .xplane.pb path written
+  (`logdir` may be any tf.io.gfile path)."""
+  # Where the profiler writes and TensorBoard's profile plugin reads.
+  pattern = os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")
+  before = set(tf.io.gfile.glob(pattern))
   tf.profiler.experimental.start(logdir)
   try:
     run()
   finally:
     tf.profiler.experimental.stop()
-  written = set(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"),
-                          recursive=True)) - before
+  written = set(tf.io.gfile.glob(pattern)) - before
   if len(written) != 1:
     raise RuntimeError(f"expected one new profile in {logdir}, found "
                        f"{sorted(written)}")
@@ -48,7 +49,7 @@ def trace(run, logdir):
 def op_seconds(xplane_path):
   """{op type: (summed seconds, number of executions)} from a host trace."""
   space = xplane_pb2.XSpace()
-  with open(xplane_path, "rb") as f:
+  with tf.io.gfile.GFile(xplane_path, "rb") as f:
     space.ParseFromString(f.read())
   seconds = collections.Counter()
   counts = collections.Counter()

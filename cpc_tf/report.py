@@ -8,10 +8,12 @@ Runs every (method, label fraction) missing in --sweep_dir, one
 `cpc_tf.evaluate` / `cpc_tf.supervised` process each (an interrupted sweep
 resumes), then writes to --output_dir: report.md (the table, the claim
 check, the exact commands), report.png (accuracy vs % of labels: CPC fixed
-and fine-tuned, supervised from pixels, random-init) and commands.sh.
---norun only collects what is there.
+and fine-tuned, supervised from pixels, random-init), results.json and
+commands.sh. Both directories may be any tf.io.gfile path (gs://...).
+--norun only collects what is there; `write_report` is the library call.
 """
 
+import io
 import json
 import os
 import shlex
@@ -167,7 +169,8 @@ def markdown(found, methods, fractions, commands, title):
 
 
 def plot(found, methods, fractions, metric, title, path):
-  """Accuracy vs % of labels (log axis), one line per method (Fig. 1)."""
+  """Accuracy vs % of labels (log axis), one line per method (Fig. 1), as a
+  PNG at `path` (any tf.io.gfile path)."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
@@ -189,8 +192,54 @@ def plot(found, methods, fractions, metric, title, path):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=120)
   plt.close(fig)
+  _write(path, png.getvalue())
+
+
+def _write(path, content):
+  from cpc_tf import files  # pylint: disable=g-import-not-at-top
+  files.write_atomic(path, content)
+
+
+def _shell(commands):
+  """The commands as shell lines; this interpreter relative to the working
+  directory when it lies inside it (`.venv/bin/python`), so the file names
+  no machine's paths."""
+  python = os.path.relpath(sys.executable)
+  if python.startswith(".."):
+    python = "python"
+  return "\n".join(" ".join(shlex.quote(python if a == sys.executable else a)
+                            for a in c) for c in commands)
+
+
+def write_commands(output_dir, commands):
+  """Creates `output_dir` (any tf.io.gfile path) and writes commands.sh."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.io.gfile.makedirs(output_dir)
+  _write(os.path.join(output_dir, "commands.sh"), _shell(commands) + "\n")
+
+
+def write_report(sweep_dir, output_dir, methods, fractions, commands,
+                 title="", metric="top1"):
+  """Collects the finished runs in `sweep_dir` and writes report.md,
+  results.json (test metrics and validation top-1 per run) and report.png
+  to `output_dir` (both any tf.io.gfile path); returns report.md's text.
+
+  Raises:
+    ValueError: runs of one fraction disagree on their data (`collect`).
+  """
+  found = collect(sweep_dir, methods, fractions)
+  text = markdown(found, methods, fractions, commands, title)
+  _write(os.path.join(output_dir, "report.md"), text)
+  _write(os.path.join(output_dir, "results.json"), json.dumps(
+      {f"{m}/{100 * g:g}pct": r["test"] | {"validation_top1":
+                                           r["validation"]["top1"]}
+       for (m, g), r in sorted(found.items())}, indent=2))
+  plot(found, methods, fractions, metric, title,
+       os.path.join(output_dir, "report.png"))
+  return text
 
 
 def _parse():
@@ -231,29 +280,18 @@ def main(argv):
     sys.exit(f"error: {e}")
   commands = [command(m, f, FLAGS.sweep_dir, FLAGS.encoder, flagfiles)
               for m, f in plan(methods, fractions)]
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
-  with open(os.path.join(FLAGS.output_dir, "commands.sh"), "w") as f:
-    f.write("\n".join(" ".join(shlex.quote(a) for a in c)
-                      for c in commands) + "\n")
+  write_commands(FLAGS.output_dir, commands)
   if FLAGS.run:
     for args in commands:
-      print("+ " + " ".join(shlex.quote(a) for a in args), flush=True)
+      print("+ " + _shell([args]), flush=True)
       if subprocess.run(args, check=False).returncode:
         sys.exit(f"error: a run failed; fix it and rerun to resume:\n"
-                 f"{' '.join(shlex.quote(a) for a in args)}")
+                 f"{_shell([args])}")
   try:
-    found = collect(FLAGS.sweep_dir, methods, fractions)
+    text = write_report(FLAGS.sweep_dir, FLAGS.output_dir, methods,
+                        fractions, commands, FLAGS.title, FLAGS.plot_metric)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  text = markdown(found, methods, fractions, commands, FLAGS.title)
-  with open(os.path.join(FLAGS.output_dir, "report.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
-    json.dump({f"{m}/{100 * g:g}pct": r["test"] | {"validation_top1":
-                                                   r["validation"]["top1"]}
-               for (m, g), r in sorted(found.items())}, f, indent=2)
-  plot(found, methods, fractions, FLAGS.plot_metric, FLAGS.title,
-       os.path.join(FLAGS.output_dir, "report.png"))
   print(text)
 
 

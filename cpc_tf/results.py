@@ -19,6 +19,10 @@ import dataclasses
 import json
 import os
 
+import tensorflow as tf
+
+from cpc_tf import files
+
 SCHEMA_VERSION = 1
 FILE_NAME = "results.json"
 _TYPES = {
@@ -78,19 +82,17 @@ def check(results):
 
 
 def write(directory, results):
-  """Checks and writes `<directory>/results.json` atomically."""
+  """Checks and writes `<directory>/results.json` (any tf.io.gfile path)
+  atomically."""
   check(results)
-  path = os.path.join(directory, FILE_NAME)
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
-  return path
+  return files.write_atomic(os.path.join(directory, FILE_NAME),
+                            json.dumps(results, indent=2, sort_keys=True))
 
 
 def read(directory):
   """The checked results in `directory`, or None if there are none yet."""
-  path = os.path.join(directory, FILE_NAME)
-  if not os.path.isfile(path):
+  try:
+    with tf.io.gfile.GFile(os.path.join(directory, FILE_NAME)) as f:
+      return check(json.load(f))
+  except tf.errors.NotFoundError:
     return None
-  with open(path) as f:
-    return check(json.load(f))

@@ -19,7 +19,7 @@ from cpc_tf.models import resnet
 
 
 def is_saved_model(path):
-  return os.path.isfile(os.path.join(path, "saved_model.pb"))
+  return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
 
 
 def _load_saved_weights(encoder, config, path):
@@ -54,7 +54,7 @@ def load_encoder(path, random_init=False):
     ValueError: nothing to load there.
   """
   if not is_saved_model(path):
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    if not tf.io.gfile.exists(os.path.join(path, "config.json")):
       raise ValueError(f"--encoder={path}: neither a SavedModel nor a "
                        "pretraining directory with config.json")
     return export.encoder_from_checkpoint(path, untrained=random_init)

@@ -20,6 +20,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from cpc_tf import files
 from cpc_tf import results
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.models import classifier
@@ -85,8 +86,8 @@ def _fit_trial(config, trial, strategy, data, geometry):
   """Trains (or resumes, or reads) one trial; returns its outcome."""
   trial_dir = os.path.join(config.model_dir, "trials", trial.name)
   path = os.path.join(trial_dir, _TRIAL_FILE)
-  if os.path.isfile(path):
-    with open(path) as f:
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
       return json.load(f)
   logging.info("Trial %s", trial.name)
   model, optimizer = _build(config, trial, strategy, data.num_classes)
@@ -98,8 +99,7 @@ def _fit_trial(config, trial, strategy, data, geometry):
       batch_size=trial.batch_size)
   outcome["trial"] = dataclasses.asdict(trial)
   if strategy_lib.is_chief(strategy):
-    with open(path, "w") as f:
-      json.dump(outcome, f, indent=2)
+    files.write_atomic(path, json.dumps(outcome, indent=2))
   return outcome
 
 

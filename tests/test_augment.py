@@ -133,3 +133,33 @@ def test_stays_float32_under_mixed_precision():
 def test_jitter_must_be_smaller_than_patch():
   with pytest.raises(ValueError, match="jitter=8"):
     augment.PatchAugmentation(augment.AugmentConfig(jitter=8), P)
+
+
+def test_batch_index_alone_sets_the_draws_so_maps_can_run_in_parallel():
+  """Batch k is augmented the same in a parallel map as alone, and
+  differently from batch k + 1."""
+  layer = augment.PatchAugmentation(augment.AugmentConfig.paper(P), P, seed=3)
+  patches = tiled(batch=1)
+  dataset = tf.data.Dataset.range(4).map(
+      lambda k: layer(patches, training=True, batch_index=k),
+      num_parallel_calls=4, deterministic=True)
+  batches = [b.numpy() for b in dataset]
+  alone = tf.data.Dataset.from_tensors(tf.constant(2, tf.int64)).map(
+      lambda k: layer(patches, training=True, batch_index=k))
+  np.testing.assert_array_equal(next(iter(alone)).numpy(), batches[2])
+  assert not np.array_equal(batches[2], batches[3])
+
+
+def test_color_jitter_equals_keras_random_color_jitter():
+  """One HSV round trip instead of Keras's two, same draws, same result."""
+  layer = augment.PatchAugmentation(augment.AugmentConfig(color_jitter=True),
+                                    P, seed=0)
+  x = tf.constant(np.random.RandomState(4).uniform(size=(64, P, P, 3)),
+                  tf.float32)
+  keras_jitter = layer.color_jitter_layer
+  keras_jitter.generator.state.assign([5, 0])
+  expected = keras_jitter(x, training=True).numpy()
+  got = layer._color_jitter(  # pylint: disable=protected-access
+      x, augment._SeedStream(tf.constant([5, 0], tf.int64)))
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  assert np.abs(expected - x.numpy()).mean() > 0.05

@@ -7,6 +7,7 @@ import tensorflow as tf
 from cpc_tf.data import augment
 from cpc_tf.data import patches
 from cpc_tf.data import pipeline
+from cpc_tf.data import sources
 
 IMAGES = np.random.RandomState(0).randint(0, 256, (24, 36, 44, 3)).astype(
     np.uint8)
@@ -14,8 +15,7 @@ GEOMETRY = dict(image_size=32, patch_size=8, patch_stride=4)
 
 
 def source():
-  return tf.data.Dataset.from_tensor_slices(
-      (IMAGES, np.arange(len(IMAGES), dtype=np.int64)))
+  return sources.from_arrays(IMAGES, np.arange(len(IMAGES)))
 
 
 def batches(count, **kwargs):

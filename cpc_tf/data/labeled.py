@@ -5,12 +5,12 @@ class-balanced training subset (a label fraction, or images per class) and
 a held-out validation part, used for model selection and early stopping;
 the test split is only read once, at the end. TFDS `imagenet2012_subset/
 1pct` and `/10pct` are labelled sets of their own: give them as --dataset
-with label fraction 1.
+with label fraction 1. Subsets are chosen from the labels alone: only
+their images are ever decoded.
 """
 
 import dataclasses
 
-import numpy as np
 import tensorflow as tf
 
 from cpc_tf.data import patches as patches_lib
@@ -24,13 +24,15 @@ class LabeledData:
   """The three labelled parts of an evaluation.
 
   Attributes:
-    train, validation, test: tf.data.Datasets of (image uint8, label).
+    train_source, validation_source: the labelled subset and the held-out
+      validation part, `sources.Source`s not yet decoded.
+    test: tf.data.Dataset of (image uint8, label).
     num_train, num_validation, num_test: their sizes.
     num_classes: number of classes.
     class_names: names of the classes, or "0".."C-1".
   """
-  train: tf.data.Dataset
-  validation: tf.data.Dataset
+  train_source: sources.Source
+  validation_source: sources.Source
   test: tf.data.Dataset
   num_train: int
   num_validation: int
@@ -38,21 +40,15 @@ class LabeledData:
   num_classes: int
   class_names: list
 
+  @property
+  def train(self):
+    """The labelled subset: tf.data.Dataset of (image uint8, label)."""
+    return self.train_source.dataset
 
-def labels_of(source):
-  """All labels of a source, in order (reads the split once)."""
-  batches = source.dataset.map(lambda image, label: label).batch(4096)
-  return np.concatenate(list(batches.as_numpy_iterator())).astype(np.int64)
-
-
-def select(dataset, indices, size):
-  """The examples of `dataset` at `indices` (sorted), in dataset order."""
-  keep = np.zeros([size], bool)
-  keep[indices] = True
-  keep = tf.constant(keep)
-  return (dataset.enumerate()
-          .filter(lambda i, example: tf.gather(keep, i))
-          .map(lambda i, example: example))
+  @property
+  def validation(self):
+    """The validation part: tf.data.Dataset of (image uint8, label)."""
+    return self.validation_source.dataset
 
 
 def load(dataset, *, train_split="train", test_split="test", data_dir=None,
@@ -66,7 +62,7 @@ def load(dataset, *, train_split="train", test_split="test", data_dir=None,
   """
   train_source = sources.load(dataset, train_split, data_dir)
   test_source = sources.load(dataset, test_split, data_dir)
-  labels = labels_of(train_source)
+  labels = train_source.labels()
   if labels.size == 0 or labels.min() < 0:
     raise ValueError(f"{train_source.name} has no labels; evaluation needs "
                      "a labelled split (--train_split)")
@@ -75,14 +71,11 @@ def load(dataset, *, train_split="train", test_split="test", data_dir=None,
       validation_per_class=validation_per_class, seed=seed)
   num_classes = train_source.num_classes or int(labels.max()) + 1
   names = train_source.class_names or [str(c) for c in range(num_classes)]
-  num_test = test_source.num_examples
-  if num_test is None:
-    num_test = int(test_source.dataset.reduce(0, lambda n, _: n + 1))
   return LabeledData(
-      train=select(train_source.dataset, train_idx, labels.size),
-      validation=select(train_source.dataset, val_idx, labels.size),
+      train_source=train_source.subset(train_idx, "subset"),
+      validation_source=train_source.subset(val_idx, "validation"),
       test=test_source.dataset, num_train=len(train_idx),
-      num_validation=len(val_idx), num_test=num_test,
+      num_validation=len(val_idx), num_test=test_source.num_examples,
       num_classes=num_classes, class_names=list(names))
 
 

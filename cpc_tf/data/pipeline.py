@@ -2,10 +2,15 @@
 
 `preprocess` is the one place deciding pixel scaling ([0, 1] floats) and
 image geometry, for training, evaluation and the exported SavedModel
-alike. `patch_dataset` turns (image, label) examples into the batches of
-patch grids CPC trains on (§2.1), each patch augmented on its own (§4.1).
+alike. `patch_dataset` turns a source's examples, decoded once this host
+has chosen them, into the batches of patch grids CPC trains on (§2.1), each
+patch augmented on its own (§4.1).
 """
 
+import contextlib
+import os
+
+from absl import logging
 import tensorflow as tf
 
 from cpc_tf.data import augment as augment_lib
@@ -13,6 +18,12 @@ from cpc_tf.data import patches as patches_lib
 
 # Resize to 1.14x the crop size before cropping, as ImageNet's 256 -> 224.
 CROP_SCALE = 1.14
+# --cache_images=auto caches decoded images if one host's share takes at
+# most this fraction of the available memory: filling the cache briefly
+# holds the images twice, and the model, shuffle buffer and prefetched
+# batches need the rest.
+CACHE_MEMORY_FRACTION = 0.25
+CACHE_CHOICES = ("auto", "true", "false")
 
 
 def _resized(images, image_size, crop_scale):
@@ -58,57 +69,62 @@ def preprocess_batch(images, image_size, crop_scale=CROP_SCALE):
   return _central_crop(_resized(images, image_size, crop_scale), image_size)
 
 
-def patch_dataset(source_dataset, *, batch_size, image_size, patch_size,
+def patch_dataset(source, *, batch_size, image_size, patch_size,
                   patch_stride, augment=augment_lib.AugmentConfig(),
                   training=True, seed=0, skip_batches=0, shuffle_buffer=10000,
                   with_labels=False, input_context=None, cache=False):
-  """(image, label) examples -> batches of patch grids.
+  """A `sources.Source` -> batches of patch grids.
 
   Yields float32 `[batch_size, rows, cols, patch_size, patch_size, 3]`
   (and int64 labels `[batch_size]` with `with_labels`), the last partial
-  batch dropped. When training, examples are shuffled and repeated
-  forever, cropped at random, flipped if `augment.flip`, and every patch
-  augmented on its own; a dataset built with the same arguments yields
-  the same batches. Evaluation makes one pass with central crops.
+  batch dropped. When training, each epoch's order is drawn from (seed,
+  epoch) and epochs follow each other forever; examples are cropped at
+  random, flipped if `augment.flip`, and every patch augmented on its own;
+  a dataset built with the same arguments yields the same batches.
+  Evaluation makes one pass in the split's order with central crops.
+  Examples are decoded only once this input pipeline has chosen them: a
+  host decodes only what it trains on (`records`).
 
   Args:
-    source_dataset: tf.data.Dataset of (image uint8 [H, W, 3], label).
+    source: a `sources.Source`.
     batch_size: examples per batch on this worker / replica.
     image_size, patch_size, patch_stride: the crop and its patch grid.
     augment: an `augment.AugmentConfig`.
     training: training or evaluation pipeline.
     seed: seed of the order, crops, flips and patch augmentation.
-    skip_batches: batches to skip, so a resumed run continues where it
-      stopped (examples are skipped before they are cropped or augmented;
-      a decoding source still reads them).
-    shuffle_buffer: examples in the shuffle buffer.
+    skip_batches: steps already trained; this pipeline starts after the
+      batches it gave for them (one per replica it feeds), without reading
+      the epochs before, nor decoding what it skips.
+    shuffle_buffer: TFDS sources: records (still encoded) in the shuffle
+      buffer after the file order is shuffled; in-memory and folder sources
+      are permuted whole each epoch.
     with_labels: yield (patches, labels) instead of patches.
-    input_context: tf.distribute.InputContext; this worker reads its shard.
-    cache: keep the source's decoded images in memory (small data sets).
+    input_context: tf.distribute.InputContext; this worker reads its share.
+    cache: keep the decoded images this worker reads in memory (see
+      `use_cache`); the order does not change.
   """
   patches_lib.grid_size(image_size, patch_size, patch_stride)
   augmentation = augment_lib.PatchAugmentation(augment, patch_size, seed=seed)
-  dataset = source_dataset
+  context = input_context or tf.distribute.InputContext()
+  workers, worker = context.num_input_pipelines, context.input_pipeline_id
+  first_batch = skip_batches * max(1, context.num_replicas_in_sync // workers)
+  records = source.records
   if cache:
-    dataset = dataset.cache()
+    records = records.cached(workers, worker)
   if training:
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
-  # Each example's position seeds its crop and flip, so they do not depend
-  # on map parallelism and a resumed run crops as the original did.
-  dataset = dataset.enumerate()
-  workers, worker = 1, 0
-  if input_context:
-    # Sharded after the seeded shuffle: the workers' step-k batches together
-    # hold exactly the images of a single worker's step-k global batch.
-    workers = input_context.num_input_pipelines
-    worker = input_context.input_pipeline_id
-    dataset = dataset.shard(workers, worker)
-  dataset = dataset.skip(skip_batches * batch_size)
+    # (position, key): positions are unique across workers and seed the
+    # crop and flip, so they do not depend on map parallelism and a resumed
+    # run crops as the original did.
+    keys = records.stream(seed=seed, start=first_batch * batch_size,
+                          workers=workers, worker=worker,
+                          shuffle_buffer=shuffle_buffer)
+  else:
+    keys = records.keys().enumerate().shard(workers, worker)
 
-  def crop(index, example):
-    image, label = example
+  def crop(position, key):
+    image, label = records.decode(*key)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
-        tf.stack([tf.constant(seed, tf.int64), index]), 2))
+        tf.stack([tf.constant(seed, tf.int64), position]), 2))
     image = preprocess(image, image_size, training, seed=crop_seed)
     if training and augment.flip:
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
@@ -116,16 +132,54 @@ def patch_dataset(source_dataset, *, batch_size, image_size, patch_size,
 
   def cut(batch_index, batch):
     images, labels = batch
-    with tf.control_dependencies(
-        augmentation.reseed(batch_index * workers + worker)):
-      grid = augmentation(
-          patches_lib.extract_patches(images, patch_size, patch_stride),
-          training=training)
+    grid = augmentation(
+        patches_lib.extract_patches(images, patch_size, patch_stride),
+        training=training, batch_index=batch_index * workers + worker)
     return (grid, labels) if with_labels else grid
 
-  dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = keys.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+  if records.skip_errors:  # An image file that fails to decode is dropped.
+    dataset = dataset.ignore_errors(log_warning=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
-  # Sequential: the augmentation's random state is a variable, and
-  # concurrent calls would race for it. It is reset from the batch index.
-  dataset = dataset.enumerate(start=skip_batches).map(cut)
+  # Batch k's augmentation draws from (seed, k) alone: maps may run in
+  # parallel; `deterministic` keeps the batches in order.
+  dataset = dataset.enumerate(start=first_batch).map(
+      cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def use_cache(source, cache_images, workers=1):
+  """Whether to cache `source`'s decoded images: --cache_images true,
+  false, or auto (if one host's share, decoded, fits in
+  CACHE_MEMORY_FRACTION of the available memory); logs the choice."""
+  if cache_images not in CACHE_CHOICES:
+    raise ValueError(f"cache_images={cache_images!r}; allowed: "
+                     f"{', '.join(CACHE_CHOICES)}")
+  if cache_images == "false":
+    return False
+  size = source.records.decoded_bytes(workers)
+  if not size:
+    logging.info("%s: images are decoded in memory already; no cache",
+                 source.name)
+    return False
+  if cache_images == "true":
+    logging.info("%s: caching %.2f GiB of decoded images (--cache_images="
+                 "true)", source.name, size / 2**30)
+    return True
+  budget = CACHE_MEMORY_FRACTION * _available_bytes()
+  logging.info("%s: decoded images %.2f GiB, cache budget %.2f GiB (%g of "
+               "the available memory): %s", source.name, size / 2**30,
+               budget / 2**30, CACHE_MEMORY_FRACTION,
+               "cached" if size <= budget else "decoded every epoch")
+  return size <= budget
+
+
+def _available_bytes():
+  """Memory available to this process now (MemAvailable), else all the
+  physical memory."""
+  with contextlib.suppress(OSError):
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,8 +1,10 @@
 """Where images come from: .npz arrays, image folders or TFDS (§4).
 
-`load` returns a `Source` whose `dataset` yields `(image, label)`: image
-uint8 `[H, W, 3]` at its own size (the pipeline crops it), label int64,
--1 when the split has no labels (e.g. STL-10's "unlabeled").
+`load` returns a `Source` holding the split still encoded (`records`: the
+pipeline decodes only what a host trains on); its `dataset` yields
+`(image, label)`: image uint8 `[H, W, 3]` at its own size (the pipeline
+crops it), label int64, -1 when the split has no labels (e.g. STL-10's
+"unlabeled").
 """
 
 import concurrent.futures
@@ -14,6 +16,8 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from cpc_tf.data import records as records_lib
 
 SPLITS = ("train", "test", "validation", "unlabeled")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -29,20 +33,38 @@ class Source:
   """A split of a data set.
 
   Attributes:
-    dataset: tf.data.Dataset of (image uint8 [H, W, 3], label int64 scalar).
-    num_examples: examples in the split, or None if unknown.
+    records: `records.ArrayRecords` or `records.FileRecords`, the examples
+      still encoded.
+    num_examples: examples in the split.
     num_classes: number of classes, or None if unknown or unlabeled.
     class_names: class i's name at index i, or None.
     name: "<dataset>:<split>", for logs.
     skipped: (path, reason) of each file rejected while listing an image
       folder.
   """
-  dataset: tf.data.Dataset
-  num_examples: int | None
+  records: records_lib.ArrayRecords | records_lib.FileRecords
+  num_examples: int
   num_classes: int | None
   class_names: list | None
   name: str
   skipped: list = dataclasses.field(default_factory=list)
+
+  @property
+  def dataset(self):
+    """tf.data.Dataset of (image uint8 [H, W, 3], label int64 scalar), in
+    the split's order."""
+    return self.records.dataset()
+
+  def labels(self):
+    """Every label in the split's order, read without decoding images."""
+    return self.records.labels()
+
+  def subset(self, indices, part):
+    """The examples at `indices` (sorted) of this split, not decoded; `part`
+    names them in logs."""
+    return dataclasses.replace(
+        self, records=self.records.select(indices),
+        num_examples=len(indices), name=f"{self.name}:{part}", skipped=[])
 
 
 def load(dataset, split, data_dir=None, min_size=1):
@@ -95,13 +117,19 @@ def _from_npz(path, name):
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"{path}: x is {images.dtype} {images.shape}; expected "
                      "uint8 [N, H, W, 3]")
-  class_names = _class_names(os.path.dirname(path))
+  return from_arrays(images, labels, _class_names(os.path.dirname(path)),
+                     name)
+
+
+def from_arrays(images, labels, class_names=None, name="arrays"):
+  """A Source of uint8 images [N, H, W, 3] and int labels [N] in memory."""
+  labels = np.asarray(labels, np.int64)
   if class_names:
     num_classes = len(class_names)
   else:  # Labels 0..max, or all -1 when unlabeled.
     num_classes = int(labels.max()) + 1 or None
-  return Source(tf.data.Dataset.from_tensor_slices((images, labels)),
-                len(images), num_classes, class_names, name)
+  return Source(records_lib.ArrayRecords(images, labels), len(images),
+                num_classes, class_names, name)
 
 
 def _is_image(path):
@@ -112,29 +140,25 @@ def _is_image(path):
                                      head[8:] == b"WEBP")
 
 
-def _decode(path, label):
-  image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                             expand_animations=False)
-  return image, label
-
-
 def _check_image(path, min_size):
-  """None if `path` decodes fully and is at least min_size pixels on its
-  shorter side, else the reason to skip it. PIL, not tf.io: it names the
-  fault and runs outside the graph, so every bad file can be listed."""
+  """(None, width * height) if `path` decodes fully and is at least
+  min_size pixels on its shorter side, else (the reason to skip it, 0).
+  PIL, not tf.io: it names the fault and runs outside the graph, so every
+  bad file can be listed."""
   if not os.path.getsize(path):
-    return "empty file"
+    return "empty file", 0
   if not _is_image(path):
-    return "not a JPEG, PNG, GIF, BMP or WebP file"
+    return "not a JPEG, PNG, GIF, BMP or WebP file", 0
   try:
     with PIL.Image.open(path) as image:
       image.load()
       width, height = image.size
   except (OSError, SyntaxError, ValueError) as e:
-    return f"unreadable: {e}"
+    return f"unreadable: {e}", 0
   if min(width, height) < min_size:
-    return f"too small: {width}x{height}, smaller than {min_size} pixels"
-  return None
+    return (f"too small: {width}x{height}, smaller than {min_size} pixels",
+            0)
+  return None, width * height
 
 
 def _from_folder(root, split, name, min_size=1):
@@ -164,26 +188,25 @@ def _from_folder(root, split, name, min_size=1):
   if len(candidates) > 10000:
     logging.info("Checking %d image files in %s", len(candidates), root)
   with concurrent.futures.ThreadPoolExecutor(max(4, os.cpu_count())) as pool:
-    reasons = list(pool.map(lambda c: _check_image(c[0], min_size),
-                            candidates))
-  paths, labels, skipped = [], [], []
-  for (path, label), reason in zip(candidates, reasons):
+    checks = list(pool.map(lambda c: _check_image(c[0], min_size),
+                           candidates))
+  paths, labels, pixels, skipped = [], [], [], []
+  for (path, label), (reason, size) in zip(candidates, checks):
     if reason:
       skipped.append((path, reason))
     else:
       paths.append(path)
       labels.append(label)
+      pixels.append(size)
   if not paths:
     raise ValueError(
         f"no usable image in {root}/<class>/ ({len(skipped)} rejected; "
         f"allowed extensions: {', '.join(IMAGE_EXTENSIONS)}, at least "
         f"{min_size} pixels on the shorter side)")
-  dataset = tf.data.Dataset.from_tensor_slices(
-      (paths, np.array(labels, np.int64)))
-  dataset = dataset.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
   # A file that still fails to decode is dropped with a warning.
-  dataset = dataset.ignore_errors(log_warning=True)
-  return Source(dataset, len(paths), len(class_names), class_names, name,
+  records = records_lib.ArrayRecords(np.array(paths), labels,
+                                     np.array(pixels, np.int64))
+  return Source(records, len(paths), len(class_names), class_names, name,
                 skipped)
 
 
@@ -204,20 +227,41 @@ def _from_tfds(dataset, split, data_dir, name):
   except (KeyError, ValueError):
     raise ValueError(f"split {split!r} not in TFDS {dataset!r}; splits: "
                      f"{', '.join(builder.info.splits)}") from None
+  if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
+    raise ValueError(f"TFDS {dataset!r} is stored as "
+                     f"{builder.info.file_format.value}; only tfrecord is "
+                     "read (`tfds build --file_format=tfrecord`)")
   keys = builder.info.supervised_keys
   image_key, label_key = keys if keys else ("image", None)
   label_feature = builder.info.features[label_key] if label_key else None
   class_names = getattr(label_feature, "names", None)
-  channels = builder.info.features[image_key].shape[-1]
-  data = tfds.load(dataset, split=split, data_dir=data_dir,
-                   as_supervised=bool(keys), download=False)
-
-  def to_pair(*example):
-    image, label = (example if keys
-                    else (example[0][image_key], tf.constant(-1, tf.int64)))
-    if channels == 1:
-      image = tf.image.grayscale_to_rgb(image)
-    return image, tf.cast(label, tf.int64)
-
-  return Source(data.map(to_pair), num_examples,
+  records = records_lib.FileRecords(
+      builder.info.splits[split].file_instructions,
+      _parser(builder.info.features, image_key, label_key),
+      builder.info.features[image_key].shape)
+  return Source(records, num_examples,
                 len(class_names) if class_names else None, class_names, name)
+
+
+def _parser(features, image_key, label_key):
+  """serialized record, label_only -> (encoded image, label) or label, the
+  image left undecoded (`tfds.decode.SkipDecoding`) and other features not
+  parsed (`tfds.decode.PartialDecoding`)."""
+  def parser(wanted, decoders=None):
+    partial = tfds.decode.PartialDecoding({key: True for key in wanted},
+                                          decoders=decoders)
+    return partial.extract_features(features), partial.decoders
+  labels = [label_key] if label_key else []
+  with_image = parser([image_key, *labels],
+                      {image_key: tfds.decode.SkipDecoding()})
+  just_label = parser(labels) if label_key else None
+
+  def parse(serialized, label_only):
+    if label_only and not label_key:
+      return tf.constant(-1, tf.int64)
+    spec, decoders = just_label if label_only else with_image
+    example = spec.deserialize_example(serialized, decoders=decoders)
+    label = (tf.cast(example[label_key], tf.int64) if label_key
+             else tf.constant(-1, tf.int64))
+    return label if label_only else (example[image_key], label)
+  return parse

@@ -36,10 +36,10 @@ def prepare_model_dir(config):
   """Creates model_dir and saves the config there, or checks that the run
   there used the same flags (if it wrote anything besides its config);
   returns its finished results, if any."""
-  os.makedirs(config.model_dir, exist_ok=True)
+  tf.io.gfile.makedirs(config.model_dir)
   path = os.path.join(config.model_dir, "config.json")
-  started = set(os.listdir(config.model_dir)) - {"config.json"}
-  if os.path.isfile(path) and started:
+  names = set(tf.io.gfile.listdir(config.model_dir))
+  if "config.json" in names and names - {"config.json"}:
     changed = config.differences(path)
     if changed:
       raise ValueError(f"--model_dir={config.model_dir} holds a run with "
@@ -114,15 +114,17 @@ def fit(config, *, strategy, model_dir, model, logits_fn, optimizer, data,
   """
   def dataset_fn(input_context, skip_batches):
     return pipeline.patch_dataset(
-        data.train,
+        data.train_source,
         batch_size=input_context.get_per_replica_batch_size(batch_size),
         augment=augment, training=True, seed=config.seed,
         skip_batches=skip_batches, with_labels=True,
-        input_context=input_context, cache=config.cache_images,
+        input_context=input_context, cache=pipeline.use_cache(
+            data.train_source, config.cache_images,
+            input_context.num_input_pipelines),
         **dataclasses.asdict(geometry))
 
-  validation = data.validation.cache() if config.cache_images else (
-      data.validation)
+  validation = data.validation.cache() if pipeline.use_cache(
+      data.validation_source, config.cache_images) else data.validation
 
   def validate():
     metrics = accuracy.evaluate(

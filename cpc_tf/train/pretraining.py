@@ -9,6 +9,7 @@ import tensorflow as tf
 from cpc_tf import config as config_lib
 from cpc_tf import cpc
 from cpc_tf import export
+from cpc_tf import files
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.data import pipeline
 from cpc_tf.data import sources
@@ -31,16 +32,18 @@ def make_optimizer(config):
 
 
 def make_dataset_fn(config, source):
-  """(input_context, skip_batches) -> this worker's per-replica batches."""
+  """(input_context, skip_batches) -> this worker's per-replica batches,
+  from the step `skip_batches` on."""
   def dataset_fn(input_context, skip_batches):
     return pipeline.patch_dataset(
-        source.dataset,
+        source,
         batch_size=input_context.get_per_replica_batch_size(
             config.batch_size),
         image_size=config.image_size, patch_size=config.patch_size,
         patch_stride=config.patch_stride, augment=augment_config(config),
         training=True, seed=config.seed, skip_batches=skip_batches,
-        input_context=input_context, cache=config.cache_images)
+        input_context=input_context, cache=pipeline.use_cache(
+            source, config.cache_images, input_context.num_input_pipelines))
   return dataset_fn
 
 
@@ -68,9 +71,9 @@ def report_skipped(skipped, model_dir):
   <model_dir>/skipped_files.txt."""
   if not skipped:
     return
-  path = os.path.join(model_dir, "skipped_files.txt")
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write("".join(f"{name}\t{reason}\n" for name, reason in skipped))
+  path = files.write_atomic(
+      os.path.join(model_dir, "skipped_files.txt"),
+      "".join(f"{name}\t{reason}\n" for name, reason in skipped))
   shown = "; ".join(f"{name} ({reason})" for name, reason in skipped[:5])
   logging.warning("Skipped %d unusable image files, all listed in %s: %s%s",
                   len(skipped), path, shown,

@@ -6,7 +6,8 @@ state; the data position is the step counter, which the caller's
 `dataset_fn` skips to). Only the chief writes checkpoints and summaries.
 A step whose loss or gradients are not finite is not applied; after
 `max_bad_steps` such steps in a row the run stops. SIGTERM (preemption)
-saves a checkpoint and stops cleanly.
+saves a checkpoint and stops cleanly; with several workers, a SIGTERM to any
+one of them stops all of them at the same step.
 """
 
 import signal
@@ -40,6 +41,34 @@ class Preempted(Exception):
 
 class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written (e.g. the disk is full)."""
+
+
+def _num_workers(strategy):
+  """Worker processes of a MultiWorkerMirroredStrategy cluster, else 1 (a
+  TPU pod's hosts are driven by one client process)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if (not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+      or resolver is None):
+    return 1
+  spec = resolver.cluster_spec()
+  return sum(spec.num_tasks(job) for job in ("chief", "worker")
+             if job in spec.jobs)
+
+
+def _compiled_per_variable(update_step):
+  """An optimizer's `update_step(gradient, variable, learning_rate)` compiled
+  by XLA, one function per variable and device: a traced update looks the
+  variable's slots up at trace time, so variables must not share a trace."""
+  compiled = {}
+
+  def step(gradient, variable, learning_rate):
+    key = variable.ref()
+    if key not in compiled:
+      compiled[key] = tf.function(
+          lambda g, lr: update_step(g, variable, lr), jit_compile=True)
+    with tf.device(variable.device):
+      return compiled[key](gradient, learning_rate)
+  return step
 
 
 def _format_seconds(seconds):
@@ -93,12 +122,16 @@ class Trainer:
     self.writer = (tf.summary.create_file_writer(model_dir) if self.is_chief
                    else tf.summary.create_noop_writer())
     self._train_fn = None
+    self._agree_fn = None
+    self.multi_worker = _num_workers(strategy) > 1
     self.preempted_at = None  # The step saved on SIGTERM, if any.
 
   def restore(self):
-    """Restores the newest checkpoint, if any; returns the step reached."""
-    path = self.manager.restore_or_initialize()
+    """Restores the newest checkpoint in `model_dir`, if any (on every
+    worker: all must start from the chief's state); returns the step."""
+    path = tf.train.latest_checkpoint(self.model_dir)
     if path:
+      self.checkpoint.restore(path)
       logging.info("Resumed from %s at step %d", path, int(self.step.numpy()))
     return int(self.step.numpy())
 
@@ -119,12 +152,21 @@ class Trainer:
     self.optimizer.apply_gradients(
         zip(grads, self.model.trainable_variables))
 
-  def _train_step(self, batch):
+  def _on_replica_device(self, compiled):
+    """`compiled` called on the device of the calling replica's variables
+    (an XLA cluster runs on one device; a MirroredStrategy replica thread
+    does not place a function call by itself)."""
+    def call(*args):
+      with tf.device(self.model.trainable_variables[0].value.device):
+        return compiled(*args)
+    return call
+
+  def _train_step(self, batch, replica_gradients):
     """One step; the update is skipped (on every replica) if any replica
     saw a non-finite loss or gradient. The condition is taken outside the
     replica function: synchronising inside a replica's cond is not
     supported by tf.distribute."""
-    grads, bad, outputs = self.strategy.run(self._replica_gradients,
+    grads, bad, outputs = self.strategy.run(replica_gradients,
                                             args=(batch,))
     applied = self.strategy.reduce("SUM", bad, axis=None) == 0
 
@@ -142,12 +184,31 @@ class Trainer:
              for k, v in outputs.items()}
     return means, skipped
 
-  def _make_train_fn(self):
+  def make_train_function(self, jit_compile=False):
+    """`train_steps(iterator, num_steps) -> averaged metrics` as a
+    `tf.function` running up to `num_steps` steps.
+
+    With `jit_compile`, each replica's part of a step is compiled by XLA,
+    as TPUStrategy compiles it: forward, loss, backward and the non-finite
+    check in one function, then the optimizer's update of each variable
+    (this optimizer's `update_step` stays compiled). The loop, the input and
+    tf.distribute's gradient all-reduce stay in the graph: XLA has no
+    iterator ops, and holds no collective on CPU or GPU.
+    """
+    replica_gradients = self._replica_gradients
+    # TPUStrategy compiles each replica's step itself.
+    if jit_compile and not isinstance(self.strategy,
+                                      tf.distribute.TPUStrategy):
+      replica_gradients = self._on_replica_device(
+          tf.function(replica_gradients, jit_compile=True))
+      self.optimizer.update_step = _compiled_per_variable(
+          self.optimizer.update_step)
+
     def train_steps(iterator, num_steps):
       totals = None
       skipped = 0.0
       for _ in tf.range(num_steps):
-        means, skip = self._train_step(next(iterator))
+        means, skip = self._train_step(next(iterator), replica_gradients)
         # Averages over applied steps only (a skipped step's loss is NaN).
         means = {k: tf.where(skip > 0, 0.0, v) for k, v in means.items()}
         totals = (means if totals is None else
@@ -195,6 +256,18 @@ class Trainer:
     logging.warning("SIGTERM: saving a checkpoint after the current steps")
     self._preempted = True
 
+  def _any_worker_preempted(self):
+    """Whether any worker got SIGTERM. One all-reduce of the flags, made
+    at the same step by every worker, so all of them save that step (the
+    PreemptionCheckpointHandler does this too, but switches itself off on
+    GCE CPU VMs and probes the GCE metadata server at start)."""
+    if self._agree_fn is None:
+      def any_flag(flag):
+        return self.strategy.reduce(
+            "SUM", self.strategy.run(lambda: tf.identity(flag)), axis=None)
+      self._agree_fn = tf.function(any_flag)
+    return float(self._agree_fn(tf.constant(float(self._preempted)))) > 0
+
   def train(self):
     """Runs until `train_steps`; returns the last averaged metrics."""
     self._preempted = False
@@ -210,7 +283,7 @@ class Trainer:
           lambda ctx: self.dataset_fn(ctx, step))
       iterator = iter(dataset)
       if self._train_fn is None:
-        self._train_fn = self._make_train_fn()
+        self._train_fn = self.make_train_function()
       return self._run(iterator, step)
     finally:
       signal.signal(signal.SIGTERM, previous_handler)
@@ -242,7 +315,8 @@ class Trainer:
         profiling = False
       # One read of the SIGTERM flag per iteration: a signal arriving later
       # is handled after the next steps, never reported without a save.
-      preempted = self._preempted
+      preempted = (self._any_worker_preempted() if self.multi_worker
+                   else self._preempted)
       at_checkpoint = (step % self.checkpoint_every == 0
                        or step == self.train_steps)
       # Checkpoint steps get their callback (e.g. validation) even when

@@ -16,8 +16,7 @@ import tensorflow as tf
 from cpc_tf import benchmark
 from cpc_tf import flops
 from cpc_tf import op_profile
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, SHARED_DATA
 
 
 def _grads_fn(layer, shape):
@@ -175,12 +174,20 @@ def test_op_profile_counts_every_executed_op(tmp_path):
 
 def test_benchmark_writes_documented_keys(tmp_path):
   """The binary with its quickest settings (in one process, float32 only)
-  writes the documented JSON keys and a Markdown table."""
+  writes the documented JSON keys and a Markdown table; with real JPEGs
+  (a few of the shared VOC subset's, when present) also the pipeline's
+  rate at the paper's geometry."""
   out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+  voc = SHARED_DATA / "voc2007_subset" / "JPEGImages"
+  jpegs = tmp_path / "jpegs"
+  if voc.is_dir():
+    jpegs.mkdir()
+    for path in sorted(voc.glob("*.jpg"))[:4]:
+      (jpegs / path.name).symlink_to(path)
   proc = subprocess.run(
       [sys.executable, "-m", "cpc_tf.benchmark", "--quick", "--noisolate",
        "--nobfloat16", f"--output_json={out_json}",
-       f"--output_md={out_md}"],
+       f"--output_md={out_md}", f"--paper_images={jpegs}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out_json.read_text())
@@ -209,5 +216,16 @@ def test_benchmark_writes_documented_keys(tmp_path):
   assert any(r["counted"] and "Conv2D" in r["op_type"]
              for r in profile["top_ops"])
   assert 0 < profile["counted_ops_fraction_of_peak"]
+  if voc.is_dir():
+    paper = report["pipeline_paper"]
+    assert paper["geometry"] == "paper" and paper["batch_size"] == 2
+    assert paper["augment"]["elastic"] and paper["augment"]["jitter"] == 10
+    assert report["pipeline_paper_images_per_sec_per_core"] == (
+        paper["images_per_sec"] / report["machine"]["cores"])
+    assert report["pipeline_paper_images_per_cpu_second"] > 0
+    assert "paper's geometry" in out_md.read_text()
+  else:
+    assert "is not a folder" in report["pipeline_paper"]["skipped"]
+    assert "pipeline_paper_images_per_sec_per_core" not in report
   assert "MFU" in out_md.read_text()
   assert "Where the tiny float32 step's time goes" in out_md.read_text()

@@ -19,7 +19,7 @@ class FusedAdam(keras.optimizers.Adam):
   """`keras.optimizers.Adam` (same math, slots and checkpoints) whose update
   of each variable is TensorFlow's fused `ResourceApplyAdam` kernel: one
   multi-threaded op per variable instead of about ten element-wise ones
-  (Keras 3 has no fused Adam; issue 9, measured by cpc_tf.benchmark)."""
+  (Keras 3 has no fused Adam; measured by cpc_tf.benchmark)."""
 
   def update_step(self, gradient, variable, learning_rate):
     if self.amsgrad:

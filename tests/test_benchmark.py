@@ -1,10 +1,9 @@
-"""The FLOP counter (cpc_tf/flops.py) and the benchmark binary's report.
+"""The FLOP counter (cpc_tf/perf/flops.py) and the benchmark binary's report.
 
 No test here asserts a time: the machine is shared, timings are not.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cpc_tf import benchmark
-from cpc_tf import flops
-from cpc_tf import op_profile
+from cpc_tf.perf import flops
+from cpc_tf.perf import op_profile
+from cpc_tf.perf import summary
 from conftest import ROOT, SHARED_DATA
 
 
@@ -132,7 +131,7 @@ def test_dynamic_shapes_are_rejected():
 
 
 def test_tpu_estimate_is_labelled_and_scales():
-  estimate = benchmark.tpu_estimate(1e12, batch_size=512, chips=(8, 16),
+  estimate = summary.tpu_estimate(1e12, batch_size=512, chips=(8, 16),
                                     mfu=(0.5,))
   assert estimate["computed_estimate"] is True
   eight, sixteen = estimate["rows"]
@@ -196,6 +195,27 @@ def test_benchmark_writes_documented_keys(tmp_path):
               "load_before", "load_after", "consistent", "wall_seconds"):
     assert key in report, key
   assert 0.0 < report["mfu"]
+  # The hardware, and MFU against the better of TensorFlow's and numpy's
+  # float32 matmul peaks.
+  for key in ("isa", "mfu_vs_best_peak", "sys_share", "numpy_peak",
+              "best_float32_peak"):
+    assert key in report, key
+  with open("/proc/cpuinfo") as f:
+    flags = next(line for line in f if line.startswith("flags")).split()
+  assert report["isa"] == report["machine"]["isa"]
+  assert set(report["isa"]) <= set(flags)
+  assert set(report["isa"]) == {f for f in flags if f in ("avx2", "fma") or
+                                f.startswith(("avx512", "amx"))}
+  assert report["numpy_peak"]["flops_per_sec"] > 0
+  assert report["best_float32_peak"] == max(
+      report["peak"]["float32"]["flops_per_sec"],
+      report["numpy_peak"]["flops_per_sec"])
+  assert report["mfu_vs_best_peak"] == pytest.approx(
+      report["train"]["tiny/demo/b4/float32"]["flops_per_sec"] /
+      report["best_float32_peak"])
+  assert report["mfu_vs_best_peak"] <= report["mfu"]
+  assert 0.0 <= report["sys_share"] < 1.0
+  assert "ISA " in out_md.read_text()
   assert report["peak"]["float32"]["flops_per_sec"] > 0
   assert report["pipeline"]["images_per_sec"] > 0
   (name, tiny), = report["train"].items()

@@ -182,9 +182,10 @@ def test_cache_keeps_the_order_and_decodes_a_host_share_once(data, decoded,
   share = source.records.decoded_bytes(2)
   assert 0.5 < share / (NUM_TRAIN // 2 * 500 * 375 * 3) < 2  # VOC sizes.
   budget = share / pipeline.CACHE_MEMORY_FRACTION
-  monkeypatch.setattr(pipeline, "_available_bytes", lambda: budget * 1.1)
+  memory = pipeline.machine
+  monkeypatch.setattr(memory, "available_bytes", lambda: budget * 1.1)
   assert pipeline.use_cache(source, "auto", workers=2)
-  monkeypatch.setattr(pipeline, "_available_bytes", lambda: budget * 0.9)
+  monkeypatch.setattr(memory, "available_bytes", lambda: budget * 0.9)
   assert not pipeline.use_cache(source, "auto", workers=2)
   assert pipeline.use_cache(source, "true", workers=2)
   npz = sources.from_arrays(np.zeros([2, 4, 4, 3], np.uint8), [0, 1])

@@ -7,14 +7,12 @@ has chosen them, into the batches of patch grids CPC trains on (§2.1), each
 patch augmented on its own (§4.1).
 """
 
-import contextlib
-import os
-
 from absl import logging
 import tensorflow as tf
 
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.data import patches as patches_lib
+from cpc_tf.perf import machine
 
 # Resize to 1.14x the crop size before cropping, as ImageNet's 256 -> 224.
 CROP_SCALE = 1.14
@@ -166,20 +164,10 @@ def use_cache(source, cache_images, workers=1):
     logging.info("%s: caching %.2f GiB of decoded images (--cache_images="
                  "true)", source.name, size / 2**30)
     return True
-  budget = CACHE_MEMORY_FRACTION * _available_bytes()
+  budget = CACHE_MEMORY_FRACTION * machine.available_bytes()
   logging.info("%s: decoded images %.2f GiB, cache budget %.2f GiB (%g of "
                "the available memory): %s", source.name, size / 2**30,
                budget / 2**30, CACHE_MEMORY_FRACTION,
                "cached" if size <= budget else "decoded every epoch")
   return size <= budget
 
-
-def _available_bytes():
-  """Memory available to this process now (MemAvailable), else all the
-  physical memory."""
-  with contextlib.suppress(OSError):
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

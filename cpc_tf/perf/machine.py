@@ -59,7 +59,10 @@ def _proc_bytes(path, key):
 
 
 def available_bytes():
-  return _proc_bytes("/proc/meminfo", "MemAvailable")
+  """Memory available to this process now (MemAvailable), else all the
+  physical memory."""
+  return (_proc_bytes("/proc/meminfo", "MemAvailable") or
+          os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def peak_rss_bytes():

@@ -42,14 +42,14 @@ class CPCModel(keras.Model):
   total `loss` (sum over directions) and `loss/<dir>`, `accuracy/<dir>`.
   """
 
-  def __init__(self, encoder="tiny", norm="layer", directions=1,
+  def __init__(self, architecture="tiny", norm="layer", directions=1,
                target_dim=64, emb_scale=0.1, steps_to_ignore=2,
                steps_to_predict=3, context_dim=256,
                cross_replica_negatives=False, **kwargs):
     super().__init__(**kwargs)
     if directions not in DIRECTIONS:
       raise ValueError(f"directions={directions}; allowed: 1, 2, 4")
-    self.encoder = resnet.Encoder(encoder, norm=norm, name="encoder")
+    self.encoder = resnet.Encoder(architecture, norm=norm, name="encoder")
     self.directions = DIRECTIONS[directions]
     self.cpc_losses = [
         layers.CPCLoss(target_dim=target_dim, emb_scale=emb_scale,
@@ -77,8 +77,9 @@ class CPCModel(keras.Model):
 def build_model(config):
   """The CPC model described by a `PretrainConfig`, built on one image."""
   model = CPCModel(
-      encoder=config.encoder, norm=config.norm, directions=config.directions,
-      target_dim=config.target_dim, emb_scale=config.emb_scale,
+      architecture=config.architecture, norm=config.norm,
+      directions=config.directions, target_dim=config.target_dim,
+      emb_scale=config.emb_scale,
       steps_to_ignore=config.steps_to_ignore,
       steps_to_predict=config.steps_to_predict,
       context_dim=config.context_dim,

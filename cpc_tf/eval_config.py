@@ -3,46 +3,31 @@
 `EvalConfig` drives `cpc_tf.evaluate` (linear, efficient and fine-tuned
 classification on CPC latents, §2.2, A.3) and `SupervisedConfig`
 `cpc_tf.supervised` (the ResNet-from-pixels baseline of A.4, a sweep);
-both share the labelled data and training-loop fields of `CommonConfig`.
-Each config is saved as `config.json` in its `model_dir`.
+both share the labelled data and model selection fields of
+`ClassificationConfig`, and with pretraining those of `config.RunConfig`.
+Each config is saved as `config.json` in its `model_dir`. Like
+`cpc_tf.config`, this module imports no TensorFlow.
 """
 
 import dataclasses
 import json
 
-import tensorflow as tf
-
-from cpc_tf import config as pretrain_config
-from cpc_tf.data import pipeline
-from cpc_tf import files
+from cpc_tf import config as config_lib
 from cpc_tf import flag_utils
 from cpc_tf.flag_utils import field
-from cpc_tf.models import heads
-from cpc_tf.models import resnet
-from cpc_tf.train import strategy as strategy_lib
 
 PROTOCOLS = ("linear", "efficient", "finetune")
 SCHEDULES = ("constant", "cosine")
 AUGMENTS = ("full", "crop_flip")
-
-
-def _pretraining_field(name):
-  """The pretraining flag `name`, same default and help."""
-  same = pretrain_config.PretrainConfig.__dataclass_fields__[name]
-  return field(same.default, same.metadata["help"])
+# The keys of cpc_tf.models.heads.HEAD_PRESETS.
+HEADS = ("paper", "small")
 
 
 @dataclasses.dataclass
-class CommonConfig:
-  """Labelled data, model selection and the training loop."""
-  model_dir: str = field("", "Where checkpoints, TensorBoard events and "
-                          "results.json go; an interrupted run there resumes.")
-  dataset: str = field(
-      "data/cifar10_demo", "Labelled data set: a TFDS name (imagenet2012, "
-      "imagenet2012_subset/1pct or /10pct with --label_fraction=1, cifar10, "
-      "...), a folder of class sub-folders of images, or an .npz file / "
-      "folder of <split>.npz.")
-  data_dir: str = _pretraining_field("data_dir")
+class ClassificationConfig(config_lib.RunConfig):
+  """A classifier trained on a labelled subset and selected on a held-out
+  validation part; evaluation's defaults for the warm-up and kept
+  checkpoints."""
   train_split: str = field("train", "Labelled split the training subset and "
                             "the validation part are drawn from.")
   test_split: str = field("test", "Split reported once at the end "
@@ -57,34 +42,20 @@ class CommonConfig:
       "and early stopping (the same for every fraction and method).")
   subset_seed: int = field(0, "Seed of the subsets and the validation part.")
   eval_batch_size: int = field(256, "Batch size of validation and test.")
-  train_steps: int = field(1000, "Optimizer steps (at most).")
-  warmup_steps: int = field(0, "Linear learning-rate warm-up steps.")
+  warmup_steps: int = flag_utils.with_default(config_lib.RunConfig,
+                                              "warmup_steps", 0)
   schedule: str = field("cosine", "Learning rate after warm-up: constant, "
                          "or cosine decay to 0 at --train_steps.", SCHEDULES)
   eval_every: int = field(100, "Validate (and checkpoint) every N steps.")
   patience: int = field(0, "Stop after this many validations without "
                          "improvement; 0 never stops early. The best "
                          "validated weights are tested either way.")
-  steps_per_loop: int = field(20, "Optimizer steps per tf.function call.")
-  summary_every: int = field(20, "Write TensorBoard scalars every N steps.")
-  keep_checkpoints: int = field(2, "Checkpoints kept (besides the best).")
-  strategy: str = field("default", "tf.distribute strategy.",
-                         strategy_lib.STRATEGIES)
-  tpu: str = field("", "TPU name or grpc:// address (--strategy=tpu).")
-  mixed_precision: str = field("none", "Mixed precision compute dtype.",
-                                pretrain_config.MIXED_PRECISION)
-  cache_images: str = field(
-      "auto", "Keep decoded images in memory: auto = if one host's share "
-      f"fits in {pipeline.CACHE_MEMORY_FRACTION:g} of the available memory.",
-      pipeline.CACHE_CHOICES)
-  seed: int = field(0, "Seed of initialisation, data order and "
-                     "augmentation.")
+  keep_checkpoints: int = flag_utils.with_default(config_lib.RunConfig,
+                                                  "keep_checkpoints", 2)
 
   def validate(self):
     """Raises ValueError naming the first bad value and what is allowed."""
-    flag_utils.check_choices(self)
-    if not self.model_dir:
-      raise ValueError("--model_dir is required")
+    super().validate()
     if not 0 < self.label_fraction <= 1:
       raise ValueError(f"--label_fraction={self.label_fraction}; allowed: "
                        "0 < label_fraction <= 1")
@@ -94,11 +65,9 @@ class CommonConfig:
                        f"--dataset={self.dataset}; allowed: 1 (the TFDS "
                        "subset is the labelled set)")
     flag_utils.check_positive(self, ("images_per_class",
-                                     "validation_per_class", "warmup_steps",
-                                     "patience"), allow_zero=True)
-    flag_utils.check_positive(self, ("eval_batch_size", "train_steps",
-                                     "eval_every", "steps_per_loop",
-                                     "summary_every", "keep_checkpoints"))
+                                     "validation_per_class", "patience"),
+                              allow_zero=True)
+    flag_utils.check_positive(self, ("eval_batch_size", "eval_every"))
     return self
 
   def subset_name(self):
@@ -107,13 +76,10 @@ class CommonConfig:
       return f"{self.images_per_class}/class"
     return f"{100 * self.label_fraction:g}%"
 
-  def save(self, path):
-    """Writes the config as JSON to `path` (any tf.io.gfile path)."""
-    files.write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2,
-                                        sort_keys=True))
-
   def differences(self, path):
-    """Fields whose value differs from the config saved at `path`."""
+    """Fields whose value differs from the config saved at `path` (any
+    tf.io.gfile path)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     with tf.io.gfile.GFile(path) as f:
       saved = json.load(f)
     now = json.loads(json.dumps(dataclasses.asdict(self)))
@@ -121,7 +87,7 @@ class CommonConfig:
 
 
 @dataclasses.dataclass
-class EvalConfig(CommonConfig):
+class EvalConfig(ClassificationConfig):
   """Classification on CPC latents z = f_theta(x) (§2.2, A.3)."""
   protocol: str = field(
       "efficient", "linear: frozen encoder, BatchNorm without scale + 1x1 "
@@ -134,8 +100,7 @@ class EvalConfig(CommonConfig):
                              "randomly initialised (the random-init "
                              "control).")
   head: str = field("small", "ResNet head size (efficient, finetune): "
-                     "paper = 4096-d maps, 1024-d bottlenecks.",
-                     tuple(heads.HEAD_PRESETS))
+                     "paper = 4096-d maps, 1024-d bottlenecks.", HEADS)
   head_dropout: float = field(0.0, "Dropout before the ResNet head's "
                                "classifier.")
   batch_size: int = field(64, "Global batch size in images (A.3: 512).")
@@ -155,8 +120,7 @@ class EvalConfig(CommonConfig):
 
   def validate(self):
     super().validate()
-    if not self.encoder:
-      raise ValueError("--encoder is required")
+    flag_utils.check_required(self, ("encoder",))
     flag_utils.check_positive(self, ("batch_size", "learning_rate"))
     if not 0 < self.encoder_lr_scale <= 1:
       raise ValueError(f"--encoder_lr_scale={self.encoder_lr_scale}; "
@@ -171,12 +135,12 @@ class EvalConfig(CommonConfig):
 
 
 @dataclasses.dataclass
-class SupervisedConfig(CommonConfig):
+class SupervisedConfig(ClassificationConfig, config_lib.AugmentFields):
   """A ResNet-v2 trained on pixels (A.4); list flags are swept, and the
   combination best on validation is tested."""
   architecture: tuple = field(("tiny",), "ResNet-v2 presets to sweep "
                                "(A.4: resnet50, resnet101, resnet152, "
-                               "resnet200).", tuple(resnet.PRESETS))
+                               "resnet200).", config_lib.ARCHITECTURES)
   image_size: int = field(32, "Images are resized and cropped to this "
                            "side (ImageNet: 224).")
   learning_rate: tuple = field((0.1,), "SGD learning rates to sweep (A.4: "
@@ -191,12 +155,6 @@ class SupervisedConfig(CommonConfig):
       "applied to the whole image, plus crop and flip; crop_flip = random "
       "crop and flip only.", AUGMENTS)
   momentum: float = field(0.9, "SGD momentum.")
-  color_drop: bool = _pretraining_field("color_drop")
-  auto_augment: bool = _pretraining_field("auto_augment")
-  elastic: bool = _pretraining_field("elastic")
-  color_jitter: bool = _pretraining_field("color_jitter")
-  jitter: int = _pretraining_field("jitter")
-  flip: bool = _pretraining_field("flip")
 
   @property
   def method(self):

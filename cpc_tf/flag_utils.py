@@ -2,7 +2,15 @@
 
 A field's default decides the flag type; a tuple default makes a
 comma-separated list flag whose items take the type of the default's items
-(a sweep axis); `choices` in the field metadata restrict the values.
+(a sweep axis); `choices` in the field metadata restrict the values (a
+string field with choices and an empty default is an enum flag the user
+must give). A config class may keep old flag names working for a while:
+`RENAMED_FLAGS = {old: new}` defines `--old` as a deprecated alias.
+
+The flags belong to the module that calls `define_flags` (this module
+disclaims them), so they are key flags of a binary and its `--help` lists
+them. Nothing here imports TensorFlow: binaries parse and validate their
+flags before paying for it.
 """
 
 import dataclasses
@@ -14,6 +22,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from cpc_tf import errors
+
+flags.disclaim_key_flags()
+
 
 def field(default, help_text, choices=None):
   """A config dataclass field whose flag has this help (and choices)."""
@@ -21,25 +33,40 @@ def field(default, help_text, choices=None):
                            metadata={"help": help_text, "choices": choices})
 
 
+def with_default(config_cls, name, default):
+  """The field `name` of `config_cls` with another default, same help and
+  choices: a subclass's field."""
+  same = config_cls.__dataclass_fields__[name]
+  return field(default, same.metadata["help"], same.metadata["choices"])
+
+
 def define_flags(config_cls, flag_values=flags.FLAGS):
-  """Defines one flag per field of `config_cls`."""
-  for field in dataclasses.fields(config_cls):
-    name, default = field.name, field.default
-    help_text = field.metadata["help"]
-    choices = field.metadata.get("choices")
-    kwargs = dict(flag_values=flag_values)
-    if isinstance(default, tuple):
-      flags.DEFINE_list(name, [str(v) for v in default], help_text, **kwargs)
-    elif choices and isinstance(default, str):
-      flags.DEFINE_enum(name, default, choices, help_text, **kwargs)
-    elif isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_text, **kwargs)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_text, **kwargs)
-    elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_text, **kwargs)
-    else:
-      flags.DEFINE_string(name, default, help_text, **kwargs)
+  """Defines one flag per field of `config_cls`, and the old name of each
+  renamed one."""
+  fields = {f.name: f for f in dataclasses.fields(config_cls)}
+  for f in fields.values():
+    _define(f.name, f.default, f.metadata["help"], f.metadata["choices"],
+            flag_values)
+  for old, new in getattr(config_cls, "RENAMED_FLAGS", {}).items():
+    same = fields[new]  # Same type and choices, empty default.
+    _define(old, type(same.default)(), f"Deprecated: the old name of "
+            f"--{new}.", same.metadata["choices"], flag_values)
+
+
+def _define(name, default, help_text, choices, flag_values):
+  kwargs = dict(flag_values=flag_values)
+  if isinstance(default, tuple):
+    flags.DEFINE_list(name, [str(v) for v in default], help_text, **kwargs)
+  elif choices and isinstance(default, str):
+    flags.DEFINE_enum(name, default or None, choices, help_text, **kwargs)
+  elif isinstance(default, bool):
+    flags.DEFINE_bool(name, default, help_text, **kwargs)
+  elif isinstance(default, int):
+    flags.DEFINE_integer(name, default, help_text, **kwargs)
+  elif isinstance(default, float):
+    flags.DEFINE_float(name, default, help_text, **kwargs)
+  else:
+    flags.DEFINE_string(name, default, help_text, **kwargs)
 
 
 def _parse_list(name, items, default):
@@ -51,38 +78,58 @@ def _parse_list(name, items, default):
                      f"{kind.__name__} values") from None
 
 
+def _value(flag_values, name, f):
+  value = flag_values[name].value
+  if value is None:  # A required enum flag not given.
+    return f.default
+  if isinstance(f.default, tuple):
+    return _parse_list(name, value, f.default)
+  return value
+
+
 def config_from_flags(config_cls, flag_values=flags.FLAGS):
-  """The dataclass filled from the parsed flags (list flags as tuples)."""
-  values = {}
-  for field in dataclasses.fields(config_cls):
-    value = flag_values[field.name].value
-    if isinstance(field.default, tuple):
-      value = _parse_list(field.name, value, field.default)
-    values[field.name] = value
+  """The dataclass filled from the parsed flags (list flags as tuples). An
+  old flag name, if given, wins over the new one (which a rewritten
+  flagfile may set), with a warning."""
+  fields = {f.name: f for f in dataclasses.fields(config_cls)}
+  values = {name: _value(flag_values, name, f) for name, f in fields.items()}
+  for old, new in getattr(config_cls, "RENAMED_FLAGS", {}).items():
+    if flag_values[old].present:
+      values[new] = _value(flag_values, old, fields[new])
+      logging.warning("--%s is deprecated; use --%s (here --%s=%s)", old,
+                      new, new, values[new])
   return config_cls(**values)
+
+
+def checked_config(argv, config_cls, flag_values=flags.FLAGS):
+  """The validated config of the parsed flags; a bad value ends the
+  program with one line naming the flag and what is allowed."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    return config_from_flags(config_cls, flag_values).validate()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
 
 
 def run_main(argv, config_cls, load_run):
   """Flags -> validated config -> `load_run()(config)`; bad values and user
-  errors end in one line (--verbosity=1 shows the traceback). Returns
-  (config, what the run returned)."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    config = config_from_flags(config_cls).validate()
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  errors end in one line (`errors.reported_in_one_line`). Returns (config,
+  what the run returned)."""
+  config = checked_config(argv, config_cls)
   run = load_run()  # Heavy imports (TensorFlow) after the checks.
-  from cpc_tf.train import loop  # pylint: disable=g-import-not-at-top
-  try:
+  with errors.reported_in_one_line():
     return config, run(config)
-  except loop.Preempted as e:  # SIGTERM: checkpointed; not a failure.
-    logging.warning("%s", e)
-    sys.exit(0)
-  except ValueError as e:  # User errors (data, paths) found while building.
-    if flags.FLAGS.verbosity > 0:
-      raise
-    sys.exit(f"error: {e}")
+
+
+def check_required(config, names):
+  """Raises ValueError naming the first of `names` left empty (and its
+  choices, if any)."""
+  for name in names:
+    if not getattr(config, name):
+      choices = config.__dataclass_fields__[name].metadata["choices"]
+      allowed = f"; allowed: {', '.join(map(str, choices))}" if choices else ""
+      raise ValueError(f"--{name} is required{allowed}")
 
 
 def check_choices(config):

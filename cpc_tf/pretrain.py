@@ -4,7 +4,9 @@ r"""Pretrain CPC v2 (§4.1) with one absl command line.
       --model_dir=runs/demo [--strategy=tpu --tpu=...] [--train_steps=...]
 
 Every field of `cpc_tf.config.PretrainConfig` is a flag; bad values stop the
-run before any work with a one-line message.
+run before any work with a one-line message, as do a divergence and a failed
+checkpoint write (`cpc_tf.errors`). At the end the encoder is exported to
+`<model_dir>/export/<step>/` (`cpc_tf.export_lib`).
 """
 
 import os
@@ -29,9 +31,11 @@ def main(argv):
   config, metrics = flag_utils.run_main(argv, config_lib.PretrainConfig,
                                         _load_pretrain)
   logging.info("Final metrics: %s", metrics)
-  print(f"checkpoints and TensorBoard events: {config.model_dir}\n"
-        f"encoder SavedModel: {config.model_dir}/export\n"
-        f"tensorboard --logdir {config.model_dir}")
+  print(f"checkpoints and TensorBoard events: {config.model_dir}")
+  if config.export and metrics["step"] >= config.train_steps:
+    print("encoder SavedModel: "
+          f"{os.path.join(config.model_dir, 'export', str(metrics['step']))}")
+  print(f"tensorboard --logdir {config.model_dir}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ check, the exact commands), report.png (accuracy vs % of labels: CPC fixed
 and fine-tuned, supervised from pixels, random-init), results.json and
 commands.sh. Both directories may be any tf.io.gfile path (gs://...).
 --norun only collects what is there; `write_report` is the library call.
+Every field of `ReportConfig` is a flag.
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -21,7 +23,9 @@ import subprocess
 import sys
 
 from absl import app
-from absl import flags
+
+from cpc_tf import flag_utils
+from cpc_tf.flag_utils import field
 
 METHODS = {  # name -> (label, plot colour, line style)
     "cpc_linear": ("Linear on CPC v2 (fixed)", "tab:cyan", ":"),
@@ -40,29 +44,59 @@ CONTROLS = ("supervised", "random_efficient", "random_finetune")
 _SAME_DATA = ("dataset", "train_split", "test_split", "num_train",
               "num_validation", "num_test")
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("sweep_dir", None, "One run per <method>/<N>pct here.")
-flags.DEFINE_string("output_dir", None, "Where report.md, report.png and "
-                    "commands.sh go.")
-flags.DEFINE_list("methods", ["cpc_efficient", "cpc_finetune", "supervised",
-                              "random_efficient"],
-                  f"Methods, of: {', '.join(METHODS)}.")
-flags.DEFINE_list("label_fractions", ["0.01", "0.02", "0.05", "0.1", "0.2",
-                                      "0.5", "1"],
-                  "Label fractions in (0, 1] (paper: 1% to 100%).")
-flags.DEFINE_string("encoder", "", "Pretraining directory or SavedModel "
-                    "of the CPC methods (random-init: its architecture).")
-flags.DEFINE_string("linear_flagfile", "", "Flags of the linear runs.")
-flags.DEFINE_string("efficient_flagfile", "", "Flags of the efficient "
-                    "(fixed encoder) runs.")
-flags.DEFINE_string("finetune_flagfile", "", "Flags of the fine-tuning "
-                    "runs.")
-flags.DEFINE_string("supervised_flagfile", "", "Flags of the supervised "
-                    "sweeps.")
-flags.DEFINE_enum("plot_metric", "top1", ["top1", "top5"], "Accuracy "
-                  "plotted (Fig. 1: top5).")
-flags.DEFINE_string("title", "", "Title of the plot and the report.")
-flags.DEFINE_bool("run", True, "Run missing runs; --norun only collects.")
+
+
+@dataclasses.dataclass
+class ReportConfig:
+  """A sweep of methods x label fractions and where its report goes."""
+  sweep_dir: str = field("", "One run per <method>/<N>pct here.")
+  output_dir: str = field("", "Where report.md, report.png, results.json "
+                          "and commands.sh go.")
+  methods: tuple = field(("cpc_efficient", "cpc_finetune", "supervised",
+                          "random_efficient"),
+                         f"Methods, of: {', '.join(METHODS)}.",
+                         tuple(METHODS))
+  label_fractions: tuple = field((0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+                                 "Label fractions in (0, 1] (paper: 1% to "
+                                 "100%).")
+  encoder: str = field("", "Pretraining directory or SavedModel of the CPC "
+                       "methods (random-init: its architecture), as "
+                       "cpc_tf.evaluate's --encoder.")
+  linear_flagfile: str = field("", "Flags of the linear runs.")
+  efficient_flagfile: str = field("", "Flags of the efficient (fixed "
+                                  "encoder) runs.")
+  finetune_flagfile: str = field("", "Flags of the fine-tuning runs.")
+  supervised_flagfile: str = field("", "Flags of the supervised sweeps.")
+  plot_metric: str = field("top1", "Accuracy plotted (Fig. 1: top5).",
+                           ("top1", "top5"))
+  title: str = field("", "Title of the plot and the report.")
+  run: bool = field(True, "Run missing runs; --norun only collects.")
+
+  @property
+  def flagfiles(self):
+    """{"linear" | "efficient" | "finetune" | "supervised": flagfile}."""
+    return {"linear": self.linear_flagfile,
+            "efficient": self.efficient_flagfile,
+            "finetune": self.finetune_flagfile,
+            "supervised": self.supervised_flagfile}
+
+  def validate(self):
+    """Raises ValueError naming the first bad value and what is allowed."""
+    flag_utils.check_required(self, ("sweep_dir", "output_dir"))
+    flag_utils.check_choices(self)
+    if not all(0 < f <= 1 for f in self.label_fractions):
+      given = ",".join(f"{f:g}" for f in self.label_fractions)
+      raise ValueError(f"--label_fractions={given}; allowed: numbers with "
+                       "0 < fraction <= 1")
+    if self.run:
+      for method, _ in plan(self.methods, self.label_fractions[:1]):
+        kind = method if method == "supervised" else method.split("_")[1]
+        if not self.flagfiles[kind]:
+          raise ValueError(f"--{kind}_flagfile is required for {method}")
+      if any(m != "supervised" for m in self.methods) and not self.encoder:
+        raise ValueError("--encoder is required for the CPC and random-init "
+                         "methods")
+    return self
 
 
 def run_dir(sweep_dir, method, fraction):
@@ -168,13 +202,12 @@ def markdown(found, methods, fractions, commands, title):
   return "\n".join(lines)
 
 
-def plot(found, methods, fractions, metric, title, path):
-  """Accuracy vs % of labels (log axis), one line per method (Fig. 1), as a
-  PNG at `path` (any tf.io.gfile path)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+def figure(found, methods, fractions, metric, title):
+  """Accuracy vs % of labels (log axis), one line per method (Fig. 1): a
+  matplotlib Figure, off screen."""
+  from matplotlib import figure as figure_lib
+  fig = figure_lib.Figure(figsize=(6, 4.5))
+  ax = fig.subplots()
   for method in methods:
     points = [(100 * f, 100 * found[method, f]["test"][metric])
               for f in fractions if (method, f) in found]
@@ -192,9 +225,14 @@ def plot(found, methods, fractions, metric, title, path):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
+  return fig
+
+
+def plot(found, methods, fractions, metric, title, path):
+  """`figure` as a PNG at `path` (any tf.io.gfile path)."""
   png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=120)
-  plt.close(fig)
+  figure(found, methods, fractions, metric, title).savefig(png, format="png",
+                                                          dpi=120)
   _write(path, png.getvalue())
 
 
@@ -242,59 +280,29 @@ def write_report(sweep_dir, output_dir, methods, fractions, commands,
   return text
 
 
-def _parse():
-  """Validated flags -> (methods, fractions, flagfiles)."""
-  methods = FLAGS.methods
-  unknown = [m for m in methods if m not in METHODS]
-  if unknown:
-    raise ValueError(f"--methods={','.join(unknown)}; allowed: "
-                     f"{', '.join(METHODS)}")
-  try:
-    fractions = [float(f) for f in FLAGS.label_fractions]
-  except ValueError:
-    fractions = [-1.0]
-  if not all(0 < f <= 1 for f in fractions):
-    raise ValueError(f"--label_fractions={','.join(FLAGS.label_fractions)}"
-                     "; allowed: numbers with 0 < fraction <= 1")
-  flagfiles = {"linear": FLAGS.linear_flagfile,
-               "efficient": FLAGS.efficient_flagfile,
-               "finetune": FLAGS.finetune_flagfile,
-               "supervised": FLAGS.supervised_flagfile}
-  if FLAGS.run:
-    for method, _ in plan(methods, fractions[:1]):
-      kind = method if method == "supervised" else method.split("_")[1]
-      if not flagfiles[kind]:
-        raise ValueError(f"--{kind}_flagfile is required for {method}")
-    if any(m != "supervised" for m in methods) and not FLAGS.encoder:
-      raise ValueError("--encoder is required for the CPC and random-init "
-                       "methods")
-  return methods, fractions, flagfiles
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    methods, fractions, flagfiles = _parse()
-  except ValueError as e:
-    sys.exit(f"error: {e}")
-  commands = [command(m, f, FLAGS.sweep_dir, FLAGS.encoder, flagfiles)
-              for m, f in plan(methods, fractions)]
-  write_commands(FLAGS.output_dir, commands)
-  if FLAGS.run:
+def run_sweep(config):
+  """Writes commands.sh, runs the sweep's missing runs (unless --norun) and
+  writes the report; returns report.md's text."""
+  commands = [command(m, f, config.sweep_dir, config.encoder,
+                      config.flagfiles)
+              for m, f in plan(config.methods, config.label_fractions)]
+  write_commands(config.output_dir, commands)
+  if config.run:
     for args in commands:
       print("+ " + _shell([args]), flush=True)
       if subprocess.run(args, check=False).returncode:
         sys.exit(f"error: a run failed; fix it and rerun to resume:\n"
                  f"{_shell([args])}")
-  try:
-    text = write_report(FLAGS.sweep_dir, FLAGS.output_dir, methods,
-                        fractions, commands, FLAGS.title, FLAGS.plot_metric)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  return write_report(config.sweep_dir, config.output_dir, config.methods,
+                      config.label_fractions, commands, config.title,
+                      config.plot_metric)
+
+
+def main(argv):
+  _, text = flag_utils.run_main(argv, ReportConfig, lambda: run_sweep)
   print(text)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["sweep_dir", "output_dir"])
+  flag_utils.define_flags(ReportConfig)
   app.run(main)

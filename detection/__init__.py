@@ -2,10 +2,13 @@
 
 Faster R-CNN on PASCAL VOC 2007 with TF Model Garden (`official.vision`,
 tf_keras). This package reads the encoder only through the SavedModel that
-`python -m cpc_tf.export` writes; it imports nothing from `cpc_tf`.
+`python -m cpc_tf.export` writes; from `cpc_tf` it imports only
+`flag_utils` (flags from a config dataclass, as every binary defines them),
+no model or training code.
 
   voc.py            VOC classes and annotation XML parsing
-  voc_to_tfrecord.py  VOC XML + JPEG -> Model Garden TFRecords (binary)
+  voc_records.py    VOC XML + JPEG -> Model Garden tf.train.Examples
+  voc_to_tfrecord.py  the converter binary
   voc_eval.py       the VOC 2007 metric: 11-point AP at IoU 0.5, mAP
   augment.py        colour dropping for detection training (§2.2)
   backbone.py       SavedModel -> Model Garden backbone `cpc_savedmodel`

@@ -2,10 +2,12 @@
 
 §4.3 puts Faster R-CNN on top of the CPC representation f_theta, first with
 f_theta fixed, then fine-tuned end to end. The encoder arrives only as the
-SavedModel written by `python -m cpc_tf.export`; its `features` endpoint
-maps float32 images in [0, 1] (sides multiples of 32) to the Model Garden
-levels {"2": stride 4, "3": 8, "4": 16, "5": 32}, `same` padding, which is
-the multi-level input Model Garden's decoders (FPN) expect.
+SavedModel written by `python -m cpc_tf.export` (an export base of
+numbered versions, `<base>/<step>/`, whose newest is used, or one version
+directory); its `features` endpoint maps float32 images in [0, 1] (sides
+multiples of 32) to the Model Garden levels {"2": stride 4, "3": 8,
+"4": 16, "5": 32}, `same` padding, which is the multi-level input Model
+Garden's decoders (FPN) expect.
 
 Backbone type `cpc_savedmodel` (registered with Model Garden's backbone
 factory on import):
@@ -17,6 +19,7 @@ factory on import):
 """
 
 import dataclasses
+import os
 from typing import Optional
 
 import tensorflow as tf
@@ -36,7 +39,8 @@ class CpcSavedModel(hyperparams.Config):
   """Config of the `cpc_savedmodel` backbone.
 
   Attributes:
-    export_dir: the encoder SavedModel (`python -m cpc_tf.export`).
+    export_dir: the encoder SavedModel (`python -m cpc_tf.export`): an
+      export base (its newest version) or a version directory.
     gradient_multiplier: scales the gradients reaching the encoder variables
       when fine-tuning. With SGD (momentum or not) this is exactly a learning
       rate of `multiplier * lr` for f_theta, the "smaller learning rate" of
@@ -52,6 +56,21 @@ class Backbone(backbones_cfg.Backbone):
   """Model Garden's backbone choice, plus `cpc_savedmodel`."""
   cpc_savedmodel: CpcSavedModel = dataclasses.field(
       default_factory=CpcSavedModel)
+
+
+def saved_model_dir(export_dir):
+  """`export_dir` if it holds a SavedModel, else the newest version of the
+  export base `export_dir`: the largest numbered subdirectory holding one
+  (TF Serving's layout)."""
+  if tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
+    return export_dir
+  found = tf.io.gfile.glob(os.path.join(export_dir, "*", "saved_model.pb"))
+  names = [os.path.basename(os.path.dirname(f)) for f in found]
+  versions = [int(name) for name in names if name.isdigit()]
+  if not versions:
+    raise ValueError(f"{BACKBONE_TYPE}: no SavedModel in {export_dir} nor in "
+                     "a numbered version directory below it")
+  return os.path.join(export_dir, str(max(versions)))
 
 
 def _scale_gradient(x, multiplier):
@@ -82,7 +101,7 @@ class EncoderFeatures(tf_keras.layers.Layer):
     self._export_dir = export_dir
     self._gradient_multiplier = gradient_multiplier
     self._kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
-    self._encoder = tf.saved_model.load(export_dir)
+    self._encoder = tf.saved_model.load(saved_model_dir(export_dir))
     # Attribute assignment is how tf_keras registers existing variables.
     self.encoder_trainable_variables = list(
         self._encoder.trainable_variables)
@@ -177,7 +196,8 @@ def build_cpc_savedmodel(
   config = backbone_config.get()
   if not config.export_dir:
     raise ValueError("backbone.cpc_savedmodel.export_dir is empty: pass "
-                     "--encoder=<SavedModel dir> (python -m cpc_tf.export)")
+                     "--encoder=<export base or version dir> (python -m "
+                     "cpc_tf.export)")
   return CpcSavedModelBackbone(
       config.export_dir, input_specs=input_specs,
       gradient_multiplier=config.gradient_multiplier,

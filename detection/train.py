@@ -107,8 +107,9 @@ def main(argv):
 
 if __name__ == "__main__":
   tfm_flags.define_flags()
-  flags.DEFINE_string("encoder", None, "Encoder SavedModel directory "
-                      "(python -m cpc_tf.export); sets "
+  flags.DEFINE_string("encoder", None, "Encoder export base (its newest "
+                      "version) or version directory (python -m "
+                      "cpc_tf.export); sets "
                       "task.model.backbone.cpc_savedmodel.export_dir.")
   flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
   app.run(main)

@@ -151,7 +151,7 @@ class VOC07Evaluator:
     Args:
       groundtruths: `labels["groundtruths"]` of the detection parser:
         boxes [B, K, 4] in original-image pixels, classes [B, K],
-        is_crowds [B, K] (VOC "difficult", see voc_to_tfrecord.py) and
+        is_crowds [B, K] (VOC "difficult", see voc_records.py) and
         num_detections [B] (the number of real rows of each).
       predictions: detection_boxes [B, N, 4] in the resized network input,
         detection_scores, detection_classes [B, N], num_detections [B] and

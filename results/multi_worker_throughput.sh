@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7: pretraining throughput of 1 worker (pinned to core 0) vs 2
+# Pretraining throughput of 1 worker (pinned to core 0) vs 2
 # MultiWorkerMirroredStrategy workers on 127.0.0.1 (pinned to cores 0 and 1),
 # demo settings, the same per-worker batch (weak scaling: global batch 32 vs
 # 64), negatives gathered across workers. Prints the median img/s (global) of

@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: the repository root, the shared data, and
-augmentation switched off.
+"""Helpers shared by the tests: the repository root, the shared data,
+augmentation switched off, and a binary's flags parsed in-process.
 
 The workplace's real data (CIFAR-10, a VOC 2007 subset) lies outside the
 repository; `CPC_TF_SHARED` names its folder, by default `../shared` beside
@@ -9,7 +9,10 @@ the repository. Tests that need it skip with the reason when it is absent.
 import os
 import pathlib
 
+from absl import flags
 import pytest
+
+from cpc_tf import flag_utils
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("CPC_TF_SHARED",
@@ -27,3 +30,27 @@ def shared_data(name):
     pytest.skip(f"{path} is absent (set CPC_TF_SHARED to the folder that "
                 "holds data/)")
   return path
+
+
+def _flag_values(config_cls, args):
+  """A binary's flags (its own, not the global ones) parsed from `args`."""
+  values = flags.FlagValues()
+  flag_utils.define_flags(config_cls, values)
+  values(["binary", *args])
+  return values
+
+
+def parse_flags(config_cls, *args):
+  """The config a binary of `config_cls` reads from command-line `args`,
+  not yet validated."""
+  return flag_utils.config_from_flags(config_cls,
+                                      _flag_values(config_cls, args))
+
+
+def flag_error(config_cls, *args):
+  """The message a binary of `config_cls` exits with when it rejects
+  `args` (`flag_utils.checked_config`)."""
+  with pytest.raises(SystemExit) as stop:
+    flag_utils.checked_config(["binary"], config_cls,
+                              _flag_values(config_cls, args))
+  return stop.value.code

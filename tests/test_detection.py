@@ -21,7 +21,7 @@ from detection import experiment
 from detection import train
 from detection import voc
 from detection import voc_eval
-from detection import voc_to_tfrecord
+from detection import voc_records
 from official.core import task_factory
 from official.core import train_utils
 from official.vision.dataloaders import tf_example_decoder
@@ -41,7 +41,8 @@ needs_subset = pytest.mark.skipif(not VOC_SUBSET.is_dir(),
 @pytest.fixture(scope="module")
 def encoder_export(tmp_path_factory):
   """A tiny CPC encoder exported by cpc_tf's own CLI (2 pretraining steps):
-  detection/ sees cpc_tf only through this SavedModel."""
+  detection/ sees cpc_tf only through this SavedModel. Returns the export
+  base; its one version is `_version(base)`."""
   model_dir = tmp_path_factory.mktemp("pretrain")
   subprocess.run(
       [sys.executable, "-m", "cpc_tf.pretrain",
@@ -51,12 +52,17 @@ def encoder_export(tmp_path_factory):
   return str(model_dir / "export")
 
 
+def _version(export_base):
+  """The version pretraining's final export wrote: its last step."""
+  return os.path.join(export_base, "2")
+
+
 @pytest.fixture(scope="module")
 def subset_records(tmp_path_factory):
   """The shipped subset's train and test splits as TFRecords + reports."""
   out = tmp_path_factory.mktemp("voc")
   return {split: (str(out / f"{split}.tfrecord"),
-                  voc_to_tfrecord.convert(str(VOC_SUBSET), split,
+                  voc_records.convert(str(VOC_SUBSET), split,
                                           str(out / f"{split}.tfrecord")))
           for split in ("train", "test")}
 
@@ -89,16 +95,18 @@ def _feature(example, key):
 # --- detection/ depends on cpc_tf only through the SavedModel -------------
 
 
-def test_detection_never_imports_cpc_tf():
+def test_detection_imports_no_cpc_tf_model_or_training_code():
+  # Only the flag helper, shared by every binary.
   for path in (REPO / "detection").glob("*.py"):
     for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]
       elif isinstance(node, ast.ImportFrom):
-        names = [node.module or ""]
+        names = [f"{node.module}.{alias.name}" for alias in node.names]
       else:
         continue
-      assert not any(n.split(".")[0] == "cpc_tf" for n in names), path
+      assert all(n.split(".")[0] != "cpc_tf" or n == "cpc_tf.flag_utils"
+                 for n in names), path
 
 
 # --- VOC -> TFRecord ------------------------------------------------------
@@ -181,7 +189,7 @@ def test_converter_reports_and_skips_bad_files(tmp_path):
   (tmp_path / "ImageSets" / "Main" / "train.txt").write_text(
       "\n".join([good, *broken]) + "\n")
   output = tmp_path / "out" / "train.tfrecord"
-  report = voc_to_tfrecord.convert(str(tmp_path), "train", str(output))
+  report = voc_records.convert(str(tmp_path), "train", str(output))
   assert report.images == 1 and len(_read_records(str(output))) == 1
   skipped = {os.path.basename(path): reason for path, reason in report.skipped}
   assert set(skipped) == {"no_jpeg.jpg", "no_xml.xml", "bad_xml.xml",
@@ -361,7 +369,7 @@ def test_backbone_levels_and_values(encoder_export, height, width):
   backbone = factory.build_backbone(
       tf_keras.layers.InputSpec(shape=[None, height, width, 3]), config,
       experiment.FasterRCNN().norm_activation)
-  loaded = tf.saved_model.load(encoder_export)
+  loaded = tf.saved_model.load(_version(encoder_export))
   pixels = tf.random.uniform([2, height, width, 3], 0, 256, tf.int32)
   want = loaded.features(tf.cast(pixels, tf.float32) / 255.0)
   # What Model Garden's parsers feed the model: uint8 normalized.
@@ -373,6 +381,16 @@ def test_backbone_levels_and_values(encoder_export, height, width):
     assert tuple(backbone.output_specs[level][1:]) == shape
     assert tuple(got[level].shape) == (2, *shape)
     np.testing.assert_allclose(got[level], want[level], atol=1e-4)
+
+
+def test_backbone_takes_the_export_base_or_a_version(encoder_export,
+                                                     tmp_path):
+  version = _version(encoder_export)
+  assert os.listdir(encoder_export) == ["2"]
+  assert backbone_lib.saved_model_dir(encoder_export) == version
+  assert backbone_lib.saved_model_dir(version) == version
+  with pytest.raises(ValueError, match="no SavedModel in"):
+    backbone_lib.saved_model_dir(str(tmp_path))
 
 
 def _task_config(records, encoder, overrides=""):
@@ -392,7 +410,8 @@ def _task_config(records, encoder, overrides=""):
 def test_fine_tuning_updates_the_encoder_and_freezing_does_not(
     subset_records, encoder_export):
   params = _task_config(subset_records, encoder_export)
-  n_encoder = len(tf.saved_model.load(encoder_export).trainable_variables)
+  n_encoder = len(tf.saved_model.load(
+      _version(encoder_export)).trainable_variables)
   batch = None
   for freeze in (False, True):
     config = copy.deepcopy(params.task)
@@ -446,7 +465,7 @@ def test_train_and_eval_reports_voc07_map(subset_records, encoder_export,
   assert {f"VOC07_AP/{name}" for name in voc.CLASSES} <= set(record)
   assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-1")
   # Fine-tuned by Model Garden's trainer: the encoder moved off the export.
-  exported = tf.saved_model.load(encoder_export).trainable_variables
+  exported = tf.saved_model.load(_version(encoder_export)).trainable_variables
   trained = model.backbone.encoder.encoder_trainable_variables
   assert any(not np.allclose(a.numpy(), b.numpy())
              for a, b in zip(exported, trained))

@@ -5,29 +5,28 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import keras
+import matplotlib
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import flag_error
+from cpc_tf import checkpoints
 from cpc_tf import config as config_lib
+from cpc_tf import errors
 from cpc_tf import eval_config
-from cpc_tf import export
 from cpc_tf import report
 from cpc_tf import results
 from cpc_tf.models import classifier
 from cpc_tf.models import heads
 from cpc_tf.train import baseline
-from cpc_tf.train import classification
 from cpc_tf.train import early_stopping
 from cpc_tf.train import evaluation
 from cpc_tf.train import loop
 from cpc_tf.train import pretraining
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_AUGMENT = dict(color_drop=False, auto_augment=False, elastic=False,
                   color_jitter=False, jitter=0, flip=False)
 NUM_CLASSES = 4
@@ -72,13 +71,13 @@ def eval_config_for(model_dir, encoder, data_dir, **overrides):
 
 def weights_of_run(config, pretrained_dir, checkpoint):
   """The Classifier of `config` with `checkpoint` loaded."""
-  encoder, pretrain_config = export.encoder_from_checkpoint(pretrained_dir)
+  encoder, pretrain_config = checkpoints.encoder_from_checkpoint(pretrained_dir)
   net = classifier.Classifier(
       encoder, evaluation.make_head(config, NUM_CLASSES),
       train_encoder=config.protocol == "finetune")
   rows, p = pretrain_config.grid_size, pretrain_config.patch_size
   net(tf.zeros([1, rows, rows, p, p, 3]))
-  early_stopping.weights_checkpoint(net).restore(checkpoint).expect_partial(
+  checkpoints.weights_checkpoint(net).restore(checkpoint).expect_partial(
   ).assert_existing_objects_matched()
   return net
 
@@ -128,10 +127,10 @@ def test_weights_checkpoint_saves_every_variable(tmp_path):
   values = [tf.random.normal(v.shape) for v in net.variables]
   for v, value in zip(net.variables, values):
     v.assign(value)
-  path = early_stopping.weights_checkpoint(net).save(str(tmp_path / "ckpt"))
+  path = checkpoints.weights_checkpoint(net).save(str(tmp_path / "ckpt"))
   for v in net.variables:
     v.assign(tf.zeros(v.shape))
-  early_stopping.weights_checkpoint(net).restore(path).assert_consumed()
+  checkpoints.weights_checkpoint(net).restore(path).assert_consumed()
   # Including the head blocks' batch-norm statistics (Keras keeps the blocks
   # in a list, which tf.train.Checkpoint(model=net) would miss).
   assert any("block1/norm1/moving_mean" in v.path for v in net.variables)
@@ -140,12 +139,13 @@ def test_weights_checkpoint_saves_every_variable(tmp_path):
 
 
 def test_saved_model_encoder_is_the_keras_one(pretrained):
-  saved_model = os.path.join(pretrained, "export")
+  saved_model = os.path.join(pretrained, "export")  # The export base.
   from_checkpoint, _ = classifier.load_encoder(pretrained)
-  from_export, config = classifier.load_encoder(saved_model)
-  assert config.image_size == 16
-  for a, b in zip(from_checkpoint.variables, from_export.variables):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  for path in (saved_model, os.path.join(saved_model, "2")):
+    from_export, config = classifier.load_encoder(path)
+    assert config.image_size == 16
+    for a, b in zip(from_checkpoint.variables, from_export.variables):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
   random, _ = classifier.load_encoder(saved_model, random_init=True)
   untrained, _ = classifier.load_encoder(pretrained, random_init=True)
   for a, b in zip(random.variables, untrained.variables):
@@ -153,12 +153,13 @@ def test_saved_model_encoder_is_the_keras_one(pretrained):
 
 
 def test_encoder_from_checkpoint_restores_every_layer(pretrained):
-  trained, config = export.encoder_from_checkpoint(pretrained)
-  untrained, _ = export.encoder_from_checkpoint(pretrained, untrained=True)
+  trained, config = checkpoints.encoder_from_checkpoint(pretrained)
+  untrained, _ = checkpoints.encoder_from_checkpoint(pretrained,
+                                                     untrained=True)
   for a, b in zip(trained.weights, untrained.weights):
     assert not np.array_equal(a.numpy(), b.numpy()), a.path
   # The end-of-run export was written from the in-memory model.
-  saved = tf.saved_model.load(os.path.join(pretrained, "export"))
+  saved = tf.saved_model.load(os.path.join(pretrained, "export", "2"))
   patches = tf.random.uniform([2, config.grid_size, config.grid_size,
                                config.patch_size, config.patch_size, 3])
   np.testing.assert_allclose(trained(patches), saved.latents_train(patches),
@@ -177,7 +178,7 @@ def fixed_and_finetuned(tmp_path_factory, pretrained, data_dir):
 def test_fixed_keeps_and_finetuning_updates_the_encoder(fixed_and_finetuned,
                                                         pretrained):
   fixed, _, tuned, _ = fixed_and_finetuned
-  original, _ = export.encoder_from_checkpoint(pretrained)
+  original, _ = checkpoints.encoder_from_checkpoint(pretrained)
   start_head = weights_of_run(fixed, pretrained, tf.train.latest_checkpoint(
       os.path.join(fixed.model_dir, "best"))).head.weights
   for config in (fixed, tuned):
@@ -274,7 +275,7 @@ def test_resume_after_interruption(tmp_path, pretrained, data_dir,
     return validate(self, step)
 
   monkeypatch.setattr(early_stopping.BestWeights, "__call__", interrupted)
-  with pytest.raises(loop.Preempted, match="rerun the same command"):
+  with pytest.raises(errors.Preempted, match="rerun the same command"):
     evaluation.run(resumed)
   saved = int(tf.train.latest_checkpoint(resumed.model_dir).rsplit("-", 1)[1])
   assert 4 <= saved < resumed.train_steps
@@ -335,14 +336,25 @@ def test_bad_flag_values(overrides, message):
     config.validate()
 
 
-def test_binary_fails_in_one_line():
-  done = subprocess.run(
-      [sys.executable, "-m", "cpc_tf.supervised", "--model_dir=/tmp/x",
-       "--dropout=0.2,1.0"], cwd=ROOT, capture_output=True, text=True,
-      check=False)
-  assert done.returncode != 0
-  assert done.stderr.strip().splitlines()[-1] == (
-      "error: --dropout=0.2,1; allowed: 0 <= dropout < 1")
+@pytest.mark.parametrize("config_cls, args, message", [
+    (eval_config.SupervisedConfig, ["--dropout=0.2,1.0"],
+     "error: --dropout=0.2,1; allowed: 0 <= dropout < 1"),
+    (eval_config.SupervisedConfig, ["--batch_size=32,x"],
+     "error: --batch_size=32,x; expected comma-separated int values"),
+    (eval_config.SupervisedConfig, ["--architecture=tiny,resnet9"],
+     "error: --architecture='resnet9'; allowed: resnet161, "),
+    (eval_config.SupervisedConfig, ["--augment="],
+     "error: --augment is empty; give at least one value"),
+    (eval_config.EvalConfig, ["--encoder=e", "--patience=-1"],
+     "error: --patience=-1; must be >= 0"),
+    (eval_config.EvalConfig, ["--encoder=e", "--warmup_steps=-1"],
+     "error: --warmup_steps=-1; must be >= 0"),
+    (eval_config.EvalConfig, [], "error: --encoder is required"),
+])
+def test_binaries_stop_with_one_line_naming_the_flag(config_cls, args,
+                                                     message):
+  got = flag_error(config_cls, "--model_dir=m", *args)
+  assert got.startswith(message) and "\n" not in got, got
 
 
 def _fake_results(method, fraction, top1):
@@ -379,6 +391,36 @@ def test_report_table_claim_and_plot(tmp_path):
   assert "CPC better: yes (margin +15.0 points)" in text
   assert "CPC better: **no** (margin -10.0 points)" in text
   assert "| images | 10 train / 50 val / 100 test |" in text
+
+
+def test_report_plot_draws_each_method_at_its_results(tmp_path):
+  fractions = [0.01, 0.1]
+  found = {("cpc_finetune", 0.01): _fake_results("cpc_finetune", .01, .45),
+           ("cpc_finetune", 0.1): _fake_results("cpc_finetune", .1, .7),
+           ("supervised", 0.01): _fake_results("supervised", .01, .3),
+           ("supervised", 0.1): _fake_results("supervised", .1, .6)}
+  methods = ["cpc_finetune", "supervised", "random_efficient"]
+  fig = report.figure(found, methods, fractions, "top1", "T")
+  lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+  assert set(lines) == {"ResNet on CPC v2 (fine-tuned)",
+                        "ResNet trained on pixels"}  # No random-init runs.
+  for method, line in (("cpc_finetune", "ResNet on CPC v2 (fine-tuned)"),
+                       ("supervised", "ResNet trained on pixels")):
+    np.testing.assert_allclose(lines[line].get_xdata(), [1, 10])
+    np.testing.assert_allclose(
+        lines[line].get_ydata(),
+        [100 * found[method, f]["test"]["top1"] for f in fractions])
+  # The PNG holds that figure: both lines' colours inside the axes.
   report.plot(found, methods, fractions, "top1", "T",
               str(tmp_path / "plot.png"))
-  assert os.path.getsize(tmp_path / "plot.png") > 10000
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.asarray(Image.open(tmp_path / "plot.png").convert("RGB"))
+  assert image.shape == (540, 720, 3)  # 6 x 4.5 inches at 120 dpi.
+  box = fig.axes[0].get_window_extent()
+  scale = 120 / fig.dpi
+  inside = image[int(image.shape[0] - box.y1 * scale):
+                 int(image.shape[0] - box.y0 * scale),
+                 int(box.x0 * scale):int(box.x1 * scale)]
+  for colour in ("tab:blue", "tab:red"):
+    rgb = np.round(255 * np.array(matplotlib.colors.to_rgb(colour)))
+    assert (np.abs(inside - rgb).max(-1) < 8).sum() > 100, colour

@@ -1,21 +1,24 @@
-"""Pretraining end to end: presets train, loss drops, resume is exact."""
+"""Pretraining end to end: presets train, loss drops, resume is exact;
+bad flags are rejected before any work."""
 
 import json
 import math
 import os
-import subprocess
-import sys
 
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import flag_error
+from conftest import parse_flags
 from cpc_tf import config as config_lib
 from cpc_tf.models import resnet
 from cpc_tf.train import pretraining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DATA = os.path.join(ROOT, "data", "cifar10_demo")
+DEMO_FLAGS = f"--flagfile={os.path.join(ROOT, 'flags', 'demo_cpu.flags')}"
 NO_AUGMENT = dict(color_drop=False, auto_augment=False, elastic=False,
                   color_jitter=False, jitter=0, flip=False)
 
@@ -40,7 +43,7 @@ def checkpoint_tensors(model_dir):
 def test_every_preset_runs_a_training_step(tmp_path, preset):
   small = preset == "tiny"
   config = small_config(
-      tmp_path, encoder=preset, train_steps=1, batch_size=2,
+      tmp_path, architecture=preset, train_steps=1, batch_size=2,
       image_size=32 if small else 64, patch_size=8 if small else 32,
       patch_stride=4 if small else 16, steps_to_ignore=0,
       steps_to_predict=1 if not small else 3, context_dim=16, target_dim=8,
@@ -99,36 +102,77 @@ def test_summaries_and_config_are_written(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--patch_size=40"], "patch"),
-    (["--patch_stride=0"], "stride"),
-    (["--steps_to_ignore=3", "--steps_to_predict=3"], "steps_to_predict"),
-    (["--encoder=resnet9"], "encoder"),
-    (["--strategy=gpu"], "strategy"),
-    (["--directions=3"], "directions"),
-    (["--dataset=no_such_dataset_or_path"], "no_such_dataset_or_path"),
-    (["--model_dir=/proc/cpc_tf_run"], "model_dir"),
+    (["--patch_size=0"], "error: --patch_size=0; must be > 0"),
+    (["--patch_size=40"], "error: patch_size=40 is larger than "
+     "image_size=32; must be <= image_size"),
+    (["--patch_stride=0"], "error: --patch_stride=0; must be > 0"),
+    (["--image_size=34"], "error: image_size=34 is not tiled exactly by "
+     "8-pixel patches at stride 4; use image_size = 8 + 4*k, e.g. 32 or 36"),
+    (["--steps_to_ignore=3", "--steps_to_predict=3"],
+     "error: --steps_to_predict=3 must be greater than --steps_to_ignore=3"),
+    (["--steps_to_predict=7"], "error: --steps_to_predict=7 needs a grid of "
+     "more than 7 rows; this geometry gives 7"),
+    (["--directions=3"], "error: --directions=3; allowed: 1, 2, 4"),
+    (["--profile_steps=5"], "error: --profile_steps='5'; expected "
+     "'START,END' with 0 <= START < END"),
+    (["--model_dir="], "error: --model_dir is required"),
+    (["--model_dir=/proc/cpc_tf_run"], "error: --model_dir=/proc/cpc_tf_run "
+     "is not writable"),
 ])
-def test_bad_flags_fail_with_one_line(tmp_path, args, message):
-  result = subprocess.run(
-      [sys.executable, "-m", "cpc_tf.pretrain",
-       "--flagfile=flags/demo_cpu.flags", f"--model_dir={tmp_path}", *args],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  # One line naming the flag (absl adds a line pointing at --helpshort).
-  lines = [l for l in result.stderr.strip().splitlines()
-           if l.startswith(("error:", "FATAL"))]
-  assert len(lines) == 1 and message in lines[0], result.stderr
-  assert "Traceback" not in result.stderr, result.stderr
+def test_bad_flags_stop_with_one_line_naming_them(tmp_path, args, message):
+  got = flag_error(config_lib.PretrainConfig, DEMO_FLAGS,
+                   f"--model_dir={tmp_path}", *args)
+  assert got.startswith(message) and "\n" not in got, got
   assert not os.path.exists(tmp_path / "checkpoint")
+
+
+@pytest.mark.parametrize("flag", ["--architecture=resnet9", "--norm=group",
+                                  "--strategy=gpu", "--cache_images=maybe"])
+def test_choice_flags_reject_other_values_when_parsed(flag):
+  # absl prints them as "FATAL Flags parsing error: flag --<name>=...".
+  with pytest.raises(flags.IllegalFlagValueError, match=flag):
+    parse_flags(config_lib.PretrainConfig, DEMO_FLAGS, flag)
+
+
+def test_missing_dataset_stops_before_training(tmp_path):
+  config = parse_flags(config_lib.PretrainConfig, DEMO_FLAGS,
+                       f"--model_dir={tmp_path}",
+                       "--dataset=no_such_dataset_or_path")
+  with pytest.raises(ValueError, match="no_such_dataset_or_path"):
+    pretraining.pretrain(config)
+  assert not os.path.exists(tmp_path / "checkpoint")
+
+
+def test_old_encoder_flag_still_sets_the_architecture(caplog):
+  # Over the flagfile's --architecture=tiny, as old commands expect.
+  config = parse_flags(config_lib.PretrainConfig, DEMO_FLAGS,
+                       "--encoder=resnet50")
+  assert config.architecture == "resnet50"
+  assert [r.getMessage() for r in caplog.records] == [
+      "--encoder is deprecated; use --architecture (here "
+      "--architecture=resnet50)"]
+  assert parse_flags(config_lib.PretrainConfig,
+                     DEMO_FLAGS).architecture == "tiny"
+
+
+def test_old_config_json_with_encoder_loads(tmp_path):
+  config = config_lib.PretrainConfig(model_dir="m", architecture="resnet50",
+                                     image_size=64)
+  config.save(str(tmp_path / "config.json"))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  saved["encoder"] = saved.pop("architecture")  # As written before the rename.
+  saved["a_field_of_the_future"] = 1
+  (tmp_path / "old.json").write_text(json.dumps(saved))
+  assert config_lib.PretrainConfig.load(str(tmp_path / "old.json")) == config
 
 
 def test_checkpoint_holds_every_encoder_variable(tmp_path):
   # With BatchNorm (the LN ablation) the moving statistics are not trained
   # by the optimizer: they must still be saved and restored.
-  from cpc_tf import export  # pylint: disable=g-import-not-at-top
+  from cpc_tf import checkpoints  # pylint: disable=g-import-not-at-top
   config = small_config(tmp_path, train_steps=3, norm="batch")
   pretraining.pretrain(config)
-  encoder, _ = export.encoder_from_checkpoint(str(tmp_path))
+  encoder, _ = checkpoints.encoder_from_checkpoint(str(tmp_path))
   reader = tf.train.load_checkpoint(str(tmp_path))
   moving = 0
   for variable in encoder.variables:
@@ -137,6 +181,7 @@ def test_checkpoint_holds_every_encoder_variable(tmp_path):
     np.testing.assert_array_equal(variable.numpy(), saved, err_msg=key)
     moving += "moving_mean" in key
   assert moving > 0
-  untrained, _ = export.encoder_from_checkpoint(str(tmp_path), untrained=True)
+  untrained, _ = checkpoints.encoder_from_checkpoint(str(tmp_path),
+                                                     untrained=True)
   assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in
              zip(encoder.trainable_variables, untrained.trainable_variables))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cpc_tf import errors
 from cpc_tf.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def test_non_finite_step_is_not_applied(tmp_path):
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   trainer = toy_trainer(tmp_path, poisoned=set(range(4, 100)),
                         train_steps=20, max_bad_steps=3)
-  with pytest.raises(loop.DivergenceError, match="consecutive"):
+  with pytest.raises(errors.DivergenceError, match="consecutive"):
     trainer.train()
   # Steps 4 and 5 were skipped, so ckpt-6 holds the weights of step 4;
   # the third bad step in a row (6) stopped the run before any save.
@@ -181,17 +182,16 @@ def test_bad_images_are_skipped_and_named(tmp_path):
 
 
 def test_no_usable_image_fails_at_start(tmp_path):
+  from cpc_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  from cpc_tf.train import pretraining  # pylint: disable=g-import-not-at-top
   folder = tmp_path / "images" / "things"
   folder.mkdir(parents=True)
   (folder / "zero.jpg").write_bytes(b"")
-  result = subprocess.run(
-      [sys.executable, "-m", "cpc_tf.pretrain",
-       "--flagfile=flags/demo_cpu.flags", f"--model_dir={tmp_path / 'run'}",
-       f"--dataset={tmp_path / 'images'}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert "error: no usable image" in result.stderr, result.stderr
-  assert "Traceback" not in result.stderr
+  config = config_lib.PretrainConfig(model_dir=str(tmp_path / "run"),
+                                     dataset=str(tmp_path / "images"))
+  with pytest.raises(ValueError, match="no usable image"):
+    pretraining.pretrain(config)
+  assert tf.train.latest_checkpoint(str(tmp_path / "run")) is None
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
@@ -206,7 +206,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
 
   trainer.manager.save = disk_full
   trainer.train_steps = 6
-  with pytest.raises(loop.CheckpointWriteError, match="ckpt-4 is intact"):
+  with pytest.raises(errors.CheckpointWriteError, match="ckpt-4 is intact"):
     trainer.train()
   trainer.manager.save = real_save
   resumed = toy_trainer(tmp_path, poisoned=set(), train_steps=8)

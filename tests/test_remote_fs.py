@@ -10,7 +10,6 @@ export's swap must do without.
 
 import json
 import os
-import sys
 import uuid
 
 import numpy as np
@@ -20,8 +19,9 @@ import tensorflow as tf
 from conftest import NO_AUGMENT, ROOT
 from cpc_tf import config as config_lib
 from cpc_tf import cpc
+from cpc_tf import checkpoints
 from cpc_tf import eval_config
-from cpc_tf import export
+from cpc_tf import export_lib
 from cpc_tf import report
 from cpc_tf import results
 from cpc_tf.models import classifier
@@ -69,14 +69,12 @@ def chain(tmp_path_factory):
         **NO_AUGMENT)
     metrics = pretraining.pretrain(pretrain_config)
     export_dir = f"{model_dir}/export"
-    trained = _pooled(export_dir)
-    # The export binary's path, twice over the existing export: the random-
-    # init control, then the trained encoder again.
-    for untrained in (True, False):
-      encoder, config = export.encoder_from_checkpoint(model_dir, untrained)
-      export.export_encoder(encoder, config, export_dir)
-      if untrained:
-        random_init = _pooled(export_dir)
+    trained = _pooled(f"{export_dir}/4")
+    # The export binary's path: the random-init control (version 0), then
+    # the trained encoder again, over the existing version 4.
+    random_init = _pooled(export_lib.export_checkpoint(model_dir,
+                                                       untrained=True))
+    version = export_lib.export_checkpoint(model_dir)
     sweep_dir = f"{root}/sweep"
     eval_dir = report.run_dir(sweep_dir, "cpc_linear", FRACTION)
     outcome = evaluation.run(eval_config.EvalConfig(
@@ -94,7 +92,7 @@ def chain(tmp_path_factory):
     written = list(tf.io.gfile.walk(root))
     print("tf.io.gfile.walk:", *written, sep="\n  ")
     yield dict(root=root, model_dir=model_dir, export_dir=export_dir,
-               eval_dir=eval_dir, output_dir=output_dir, metrics=metrics,
+               version=version, eval_dir=eval_dir, output_dir=output_dir, metrics=metrics,
                outcome=outcome, text=text, trained=trained,
                random_init=random_init, cwd=cwd, files=_files(root),
                commands=commands)
@@ -113,7 +111,7 @@ def test_pretraining_writes_config_checkpoints_events_trace(chain):
   saved = config_lib.PretrainConfig.load(f"{model_dir}/config.json")
   assert saved.model_dir == model_dir and saved.batch_size == 8
   assert tf.train.latest_checkpoint(model_dir) == f"{model_dir}/ckpt-4"
-  encoder, _ = export.encoder_from_checkpoint(model_dir)  # Restores all.
+  encoder, _ = checkpoints.encoder_from_checkpoint(model_dir)  # Restores all.
   assert encoder.count_params() > 0
   events = [f for f in files if f.startswith(f"{model_dir}/events.out")]
   tags = {v.tag for f in events
@@ -150,19 +148,23 @@ def test_profile_plugin_reads_the_trace(chain, tmp_path):
 
 
 def test_export_replaced_in_place_without_directory_rename(chain):
-  export_dir, files = chain["export_dir"], chain["files"]
+  export_dir, version, files = (chain["export_dir"], chain["version"],
+                                chain["files"])
+  assert version == f"{export_dir}/4"
+  assert export_lib.saved_model_dir(export_dir) == version
   assert not np.allclose(chain["random_init"], chain["trained"], atol=1e-3)
-  np.testing.assert_allclose(_pooled(export_dir), chain["trained"],
-                             atol=1e-5)
-  assert export.load_config(export_dir).model_dir == chain["model_dir"]
+  np.testing.assert_allclose(_pooled(version), chain["trained"], atol=1e-5)
+  assert export_lib.load_config(version).model_dir == chain["model_dir"]
   exported = sorted(f[len(export_dir) + 1:] for f in files
-                    if f.startswith(export_dir))
-  assert exported == ["cpc_config.json", "fingerprint.pb", "saved_model.pb",
-                      "variables/variables.data-00000-of-00001",
-                      "variables/variables.index"]
-  assert classifier.is_saved_model(export_dir)
-  encoder, config = classifier.load_encoder(export_dir)  # Checks latents.
-  assert config.image_size == 32 and encoder.count_params() > 0
+                    if f.startswith(export_dir + "/"))
+  assert exported == [
+      f"{step}/{name}" for step in (0, 4)
+      for name in ("cpc_config.json", "fingerprint.pb", "saved_model.pb",
+                   "variables/variables.data-00000-of-00001",
+                   "variables/variables.index")]
+  for path in (export_dir, version):  # The base, or a version.
+    encoder, config = classifier.load_encoder(path)  # Checks latents.
+    assert config.image_size == 32 and encoder.count_params() > 0
 
 
 def test_linear_evaluation_writes_results_and_checkpoints(chain):
@@ -197,9 +199,11 @@ def test_report_files(chain):
   with tf.io.gfile.GFile(f"{output_dir}/commands.sh") as f:
     lines = f.read().splitlines()
   assert len(lines) == 1 and f"--model_dir={chain['eval_dir']}" in lines[0]
-  # No machine's path: the interpreter as run from the repository.
-  assert lines[0].split()[:3] == [
-      os.path.relpath(sys.executable), "-m", "cpc_tf.evaluate"], lines[0]
+  # No machine's path: the interpreter relative to the working directory
+  # (here a temporary one, so plain "python").
+  python, *command = lines[0].split()
+  assert not os.path.isabs(python) and command[:2] == [
+      "-m", "cpc_tf.evaluate"], lines[0]
 
 
 def test_detection_backbone_loads_the_ram_export(chain):
@@ -215,7 +219,7 @@ def test_detection_backbone_loads_the_ram_export(chain):
       experiment.FasterRCNN().norm_activation)
   pixels = tf.random.uniform([1, 64, 64, 3], 0, 256, tf.int32)
   got = backbone(preprocess_ops.normalize_image(tf.cast(pixels, tf.uint8)))
-  loaded = tf.saved_model.load(chain["export_dir"])
+  loaded = tf.saved_model.load(chain["version"])
   want = loaded.features(tf.cast(pixels, tf.float32) / 255.0)
   for level, stride in backbone_lib.FEATURE_STRIDES.items():
     assert got[level].shape[1:3] == (64 // stride, 64 // stride)
@@ -227,8 +231,7 @@ def test_detection_backbone_loads_the_ram_export(chain):
 
 @pytest.fixture(scope="module")
 def tiny_encoder():
-  config = config_lib.PretrainConfig(model_dir="unused", encoder="tiny",
-                                     directions=1)
+  config = config_lib.PretrainConfig(model_dir="unused", directions=1)
   return cpc.build_model(config).encoder, config
 
 
@@ -236,14 +239,14 @@ def test_failed_verification_keeps_the_previous_ram_export(tiny_encoder,
                                                            monkeypatch):
   encoder, config = tiny_encoder
   export_dir = f"ram://cpc_tf_{uuid.uuid4().hex}/export"
-  export.export_encoder(encoder, config, export_dir)
-  before = _pooled(export_dir)
+  version = export_lib.export_encoder(encoder, config, export_dir, 7)
+  before = _pooled(version)
   def broken_verify(*args, **kwargs):
     raise AssertionError("simulated: the new export differs")
-  monkeypatch.setattr(export, "verify", broken_verify)
+  monkeypatch.setattr(export_lib, "verify", broken_verify)
   with pytest.raises(AssertionError, match="simulated"):
-    export.export_encoder(encoder, config, export_dir)
-  np.testing.assert_array_equal(_pooled(export_dir), before)
+    export_lib.export_encoder(encoder, config, export_dir, 7)
+  np.testing.assert_array_equal(_pooled(version), before)
 
 
 def test_crash_during_the_copy_leaves_no_loadable_half_export(tiny_encoder,
@@ -252,7 +255,8 @@ def test_crash_during_the_copy_leaves_no_loadable_half_export(tiny_encoder,
   # export; the verified new one stays in .staging.
   encoder, config = tiny_encoder
   export_dir = f"ram://cpc_tf_{uuid.uuid4().hex}/export"
-  export.export_encoder(encoder, config, export_dir)
+  older = export_lib.export_encoder(encoder, config, export_dir, 6)
+  version = export_lib.export_encoder(encoder, config, export_dir, 7)
   copy, copied = tf.io.gfile.copy, []
   def crash_after_two(source, target, overwrite=False):
     if len(copied) == 2:
@@ -261,11 +265,14 @@ def test_crash_during_the_copy_leaves_no_loadable_half_export(tiny_encoder,
     copy(source, target, overwrite)
   monkeypatch.setattr(tf.io.gfile, "copy", crash_after_two)
   with pytest.raises(tf.errors.UnavailableError):
-    export.export_encoder(encoder, config, export_dir)
+    export_lib.export_encoder(encoder, config, export_dir, 7)
   assert copied and not any(c.endswith("saved_model.pb") for c in copied)
-  assert not classifier.is_saved_model(export_dir)
-  assert classifier.is_saved_model(export_dir + ".staging")
+  assert not export_lib.is_saved_model(version)
+  assert export_lib.is_saved_model(version + ".staging")
+  # Consumers of the base get the version before, whole.
+  assert export_lib.saved_model_dir(export_dir) == older
   monkeypatch.setattr(tf.io.gfile, "copy", copy)
-  export.export_encoder(encoder, config, export_dir)  # Rerun: complete.
-  assert _pooled(export_dir).shape == (2, encoder.output_dim)
-  assert not tf.io.gfile.glob(export_dir + ".staging/*")
+  export_lib.export_encoder(encoder, config, export_dir, 7)  # Rerun: complete.
+  assert _pooled(version).shape == (2, encoder.output_dim)
+  assert export_lib.saved_model_dir(export_dir) == version
+  assert not tf.io.gfile.glob(version + ".staging/*")

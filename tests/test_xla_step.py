@@ -29,11 +29,11 @@ STEP_OPS = {"Conv2D", "Conv2DBackpropFilter",
 
 GEOMETRY = {
     # 32x32 images, 8x8 patches at stride 4: a 7x7 grid.
-    "tiny": dict(encoder="tiny", image_size=32, patch_size=8, patch_stride=4,
-                 steps_to_ignore=1, steps_to_predict=3),
+    "tiny": dict(architecture="tiny", image_size=32, patch_size=8,
+                 patch_stride=4, steps_to_ignore=1, steps_to_predict=3),
     # 64x64 images, 32x32 patches at stride 16: a 3x3 grid, predicting the
     # row two below the context (i = 1).
-    "resnet50": dict(encoder="resnet50", image_size=64, patch_size=32,
+    "resnet50": dict(architecture="resnet50", image_size=64, patch_size=32,
                      patch_stride=16, steps_to_ignore=1, steps_to_predict=2),
 }
 

@@ -58,6 +58,13 @@ class AugmentConfig:
   flip: bool = False
 
   @classmethod
+  def from_config(cls, config):
+    """The augmentation named by a run config's fields of the same names
+    (`config.AugmentFields`: pretraining, the supervised baseline)."""
+    return cls(**{f.name: getattr(config, f.name)
+                  for f in dataclasses.fields(cls)})
+
+  @classmethod
   def paper(cls, patch_size):
     """Everything on (§4.1); jitter of patch_size // 16 (at least 1) px."""
     return cls(color_drop=True, auto_augment=True, elastic=True,

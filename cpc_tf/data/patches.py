@@ -3,9 +3,10 @@
 The paper's ImageNet setting is 80x80 patches at stride 32 from a 240x240
 image, a 6x6 grid (appendix A.3); the CIFAR-sized analogue used here is
 8x8 patches at stride 4 from 32x32, a 7x7 grid.
-"""
 
-import tensorflow as tf
+Only `extract_patches` imports TensorFlow, so the flag checks can call
+`grid_size` before it is loaded.
+"""
 
 
 def grid_size(image_size, patch_size, stride):
@@ -38,6 +39,7 @@ def extract_patches(images, patch_size, stride):
   Patch (r, c) is `images[:, r*stride : r*stride+patch_size,
   c*stride : c*stride+patch_size, :]`, rows top to bottom; any dtype.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   images = tf.convert_to_tensor(images)
   patches = tf.image.extract_patches(
       images, sizes=[1, patch_size, patch_size, 1],

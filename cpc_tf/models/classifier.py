@@ -13,13 +13,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cpc_tf import checkpoints
 from cpc_tf import cpc
-from cpc_tf import export
+from cpc_tf import export_lib
 from cpc_tf.models import resnet
-
-
-def is_saved_model(path):
-  return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
 
 
 def _load_saved_weights(encoder, config, path):
@@ -29,13 +26,14 @@ def _load_saved_weights(encoder, config, path):
   if ([tuple(v.shape) for v in loaded.variables] !=
       [tuple(v.shape) for v in encoder.variables]):
     raise ValueError(f"--encoder={path}: its variables do not fit the "
-                     f"{config.encoder} encoder of its {export.CONFIG_FILE}")
+                     f"{config.architecture} encoder of its "
+                     f"{export_lib.CONFIG_FILE}")
   for target, source in zip(encoder.variables, loaded.variables):
     target.assign(source)
   images = tf.constant(np.random.default_rng(0).integers(
       0, 256, [2, config.image_size, config.image_size, 3], np.uint8))
   want = loaded.serve(images)["latents"]
-  got = export.encode_images(encoder, images, config)["latents"]
+  got = export_lib.encode_images(encoder, images, config)["latents"]
   if not np.allclose(got, want, atol=1e-4, rtol=1e-4):
     raise ValueError(f"--encoder={path}: the rebuilt encoder does not "
                      "reproduce the SavedModel's latents")
@@ -46,23 +44,27 @@ def load_encoder(path, random_init=False):
 
   Args:
     path: a pretraining directory (config.json + checkpoints; its newest
-      checkpoint is restored) or an encoder SavedModel (`cpc_tf.export`;
-      its weights go into the Keras encoder its cpc_config.json describes).
+      checkpoint is restored), or an export base or one of its version
+      directories (`cpc_tf.export_lib`; the newest version of a base): the
+      SavedModel's weights go into the Keras encoder its cpc_config.json
+      describes.
     random_init: the same encoder, randomly initialised (the control).
 
   Raises:
     ValueError: nothing to load there.
   """
-  if not is_saved_model(path):
+  version = export_lib.saved_model_dir(path)
+  if version is None:
     if not tf.io.gfile.exists(os.path.join(path, "config.json")):
-      raise ValueError(f"--encoder={path}: neither a SavedModel nor a "
+      raise ValueError(f"--encoder={path}: neither a SavedModel, an export "
+                       "base of numbered SavedModel versions, nor a "
                        "pretraining directory with config.json")
-    return export.encoder_from_checkpoint(path, untrained=random_init)
-  config = export.load_config(path)
+    return checkpoints.encoder_from_checkpoint(path, untrained=random_init)
+  config = export_lib.load_config(version)
   keras.utils.set_random_seed(config.seed)
   encoder = cpc.build_model(config).encoder
   if not random_init:
-    _load_saved_weights(encoder, config, path)
+    _load_saved_weights(encoder, config, version)
   return encoder, config
 
 

@@ -209,7 +209,8 @@ class Encoder(keras.Model):
   def __init__(self, preset="tiny", norm="layer", **kwargs):
     super().__init__(**kwargs)
     if preset not in PRESETS:
-      raise ValueError(f"encoder={preset!r}; allowed: {', '.join(PRESETS)}")
+      raise ValueError(f"architecture={preset!r}; allowed: "
+                       f"{', '.join(PRESETS)}")
     self.preset_name = preset
     self.norm = norm
     spec = PRESETS[preset]

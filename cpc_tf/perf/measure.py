@@ -132,7 +132,7 @@ def pretrain_config(spec, model_dir):
   from cpc_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   geometry = geometries()[spec.geometry]
   return config_lib.PretrainConfig(
-      model_dir=model_dir, dataset=spec.dataset, encoder=spec.preset,
+      model_dir=model_dir, dataset=spec.dataset, architecture=spec.preset,
       batch_size=spec.batch_size, train_steps=10**6, seed=spec.seed,
       mixed_precision="none" if spec.precision == "float32" else
       spec.precision, steps_per_loop=spec.steps_per_loop, export=False,
@@ -148,7 +148,7 @@ def measure_pipeline(dataset="data/cifar10_demo", batch_size=32, batches=20,
   from cpc_tf.data import sources  # pylint: disable=g-import-not-at-top
   from cpc_tf.train import pretraining  # pylint: disable=g-import-not-at-top
   spec = TrainSpec(batch_size=batch_size, dataset=dataset, geometry=geometry)
-  config = pretrain_config(spec, "unused")
+  config = pretrain_config(spec, tempfile.mkdtemp(prefix="cpc_benchmark_"))
   source = sources.load(config.dataset, config.split)
   data = pretraining.make_dataset_fn(config, source)(
       tf.distribute.InputContext(), 0)

@@ -20,13 +20,13 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from cpc_tf import checkpoints
 from cpc_tf import files
 from cpc_tf import results
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.models import classifier
 from cpc_tf.train import accuracy
 from cpc_tf.train import classification
-from cpc_tf.train import early_stopping
 from cpc_tf.train import optimizers
 from cpc_tf.train import strategy as strategy_lib
 
@@ -59,10 +59,7 @@ def trials(config):
 def augment_config(config, augment):
   if augment == "crop_flip":
     return augment_lib.AugmentConfig(flip=True)
-  return augment_lib.AugmentConfig(
-      color_drop=config.color_drop, auto_augment=config.auto_augment,
-      elastic=config.elastic, color_jitter=config.color_jitter,
-      jitter=config.jitter, flip=config.flip)
+  return augment_lib.AugmentConfig.from_config(config)
 
 
 def _build(config, trial, strategy, num_classes):
@@ -111,7 +108,7 @@ def run(config):
   if done:
     return done
   start = time.time()
-  classification.set_precision(config)
+  strategy_lib.set_precision(config.mixed_precision)
   strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
   data = classification.load_data(config)
   side = config.image_size
@@ -127,13 +124,13 @@ def run(config):
                outcome["validation"]["top1"])
   model, _ = _build(config, selected, strategy, data.num_classes)
   best_dir = os.path.join(config.model_dir, "trials", selected.name, "best")
-  early_stopping.weights_checkpoint(model).restore(
+  checkpoints.weights_checkpoint(model).restore(
       tf.train.latest_checkpoint(best_dir)).expect_partial(
       ).assert_existing_objects_matched()
   outcome["test"] = classification.test(
       config, logits_fn=accuracy.inference(model), data=data,
       geometry=geometry,
-      writer=classification.summary_writer(strategy, config.model_dir),
+      writer=strategy_lib.summary_writer(strategy, config.model_dir),
       step=outcome["steps_trained"])
   details = {"selected": outcome.pop("trial"), "trials": outcomes}
   report = results.make(config, data, outcome, time.time() - start, details)

@@ -12,9 +12,9 @@ import dataclasses
 import os
 
 from absl import logging
-import keras
 import tensorflow as tf
 
+from cpc_tf import errors
 from cpc_tf import results
 from cpc_tf.data import labeled
 from cpc_tf.data import pipeline
@@ -50,12 +50,6 @@ def prepare_model_dir(config):
   return results.read(config.model_dir)
 
 
-def set_precision(config):
-  keras.mixed_precision.set_global_policy(
-      "float32" if config.mixed_precision == "none"
-      else f"mixed_{config.mixed_precision}")
-
-
 def load_data(config):
   """The labelled subset, validation part and test split of `config`."""
   return labeled.load(
@@ -66,13 +60,6 @@ def load_data(config):
       images_per_class=config.images_per_class or None,
       validation_per_class=config.validation_per_class,
       seed=config.subset_seed)
-
-
-def summary_writer(strategy, model_dir):
-  """A TensorBoard writer into model_dir on the chief, a no-op elsewhere."""
-  if strategy_lib.is_chief(strategy):
-    return tf.summary.create_file_writer(model_dir)
-  return tf.summary.create_noop_writer()
 
 
 def cross_entropy(model, batch):
@@ -97,7 +84,8 @@ def fit(config, *, strategy, model_dir, model, logits_fn, optimizer, data,
   and leaves the best validated weights in it.
 
   Args:
-    config: an `eval_config.CommonConfig` (loop, validation, data options).
+    config: an `eval_config.ClassificationConfig` (loop, validation, data
+      options).
     strategy: the tf.distribute strategy `model` and `optimizer` live in.
     model_dir: checkpoints (`best/` holds the selected weights), events.
     model: a Keras model on patch grids, returning logits.
@@ -144,14 +132,13 @@ def fit(config, *, strategy, model_dir, model, logits_fn, optimizer, data,
   best = early_stopping.BestWeights(
       model, os.path.join(trainer.manager.directory, "best"), validate,
       patience=config.patience, every=config.eval_every,
-      writer=(tf.summary.create_file_writer(
-          os.path.join(model_dir, "validation")) if trainer.is_chief
-              else None))
+      writer=strategy_lib.summary_writer(
+          strategy, os.path.join(model_dir, "validation")))
   step = trainer.restore()
   if step < config.train_steps and not best.should_stop(step):
     trainer.train()
     if trainer.preempted_at is not None:
-      raise loop.Preempted(
+      raise errors.Preempted(
           f"preempted at step {trainer.preempted_at}; checkpoint saved in "
           f"{model_dir}, rerun the same command to resume")
   steps_trained = int(trainer.step.numpy())

@@ -10,16 +10,9 @@ with the run.
 from absl import logging
 import tensorflow as tf
 
-from cpc_tf.train import loop
+from cpc_tf import checkpoints
 
 _VALUE_KEY = "value/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def weights_checkpoint(model, **extra):
-  """A tf.train.Checkpoint of every variable of the Keras `model` (batch-norm
-  statistics and layers kept in lists included), keyed as `loop.Trainer`
-  keys them."""
-  return tf.train.Checkpoint(model=loop.variables_by_path(model), **extra)
 
 
 class BestWeights:
@@ -43,7 +36,7 @@ class BestWeights:
     self.every = every
     self.writer = writer or tf.summary.create_noop_writer()
     self.value = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
-    self.checkpoint = weights_checkpoint(model, value=self.value)
+    self.checkpoint = checkpoints.weights_checkpoint(model, value=self.value)
     self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                               max_to_keep=1)
     if self.manager.latest_checkpoint:

@@ -19,14 +19,15 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from cpc_tf import checkpoints
+from cpc_tf import export_lib
 from cpc_tf import results
+from cpc_tf.data import augment as augment_lib
 from cpc_tf.models import classifier
 from cpc_tf.models import heads
 from cpc_tf.train import accuracy
 from cpc_tf.train import classification
-from cpc_tf.train import early_stopping
 from cpc_tf.train import optimizers
-from cpc_tf.train import pretraining
 from cpc_tf.train import strategy as strategy_lib
 
 # Fields that must agree between a fine-tuning run and the efficient run it
@@ -69,15 +70,14 @@ def _start_from(model, config, init_dir):
   if best is None:
     raise ValueError(f"--init_from={init_dir} has no validated weights "
                      "(best/); finish that run first")
-  early_stopping.weights_checkpoint(model).restore(best).expect_partial(
+  checkpoints.weights_checkpoint(model).restore(best).expect_partial(
   ).assert_existing_objects_matched()
   logging.info("Fine-tuning from %s", best)
 
 
 def _encoder_checkpoint(path):
-  if classifier.is_saved_model(path):
-    return path
-  return tf.train.latest_checkpoint(path)
+  """The SavedModel version or the checkpoint `--encoder` names."""
+  return export_lib.saved_model_dir(path) or tf.train.latest_checkpoint(path)
 
 
 def _run(config, strategy, data):
@@ -114,11 +114,12 @@ def _run(config, strategy, data):
   outcome = classification.fit(
       config, strategy=strategy, model_dir=config.model_dir, model=model,
       logits_fn=logits_fn, optimizer=optimizer, data=data,
-      geometry=geometry, augment=pretraining.augment_config(pretrain_config),
+      geometry=geometry,
+      augment=augment_lib.AugmentConfig.from_config(pretrain_config),
       batch_size=config.batch_size)
   outcome["test"] = classification.test(
       config, logits_fn=logits_fn, data=data, geometry=geometry,
-      writer=classification.summary_writer(strategy, config.model_dir),
+      writer=strategy_lib.summary_writer(strategy, config.model_dir),
       step=outcome["steps_trained"])
   details = {"encoder": config.encoder,
              "encoder_checkpoint": (None if config.random_init else
@@ -139,6 +140,6 @@ def run(config):
   done = classification.prepare_model_dir(config)
   if done:
     return done
-  classification.set_precision(config)
+  strategy_lib.set_precision(config.mixed_precision)
   strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
   return _run(config, strategy, classification.load_data(config))

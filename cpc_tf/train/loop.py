@@ -17,30 +17,9 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from cpc_tf import checkpoints
+from cpc_tf import errors
 from cpc_tf.train import strategy as strategy_lib
-
-
-class DivergenceError(RuntimeError):
-  """Too many consecutive steps with a non-finite loss or gradient."""
-
-
-def variables_by_path(model):
-  """{path: variable} of every model variable, for tf.train.Checkpoint.
-
-  Keras 3 layers held in Python lists are not checkpoint dependencies of
-  their model, so `Checkpoint(model=model)` would miss them (and every
-  non-trainable variable, like BatchNorm statistics); keying each variable
-  by its path below the model's own name covers all of them.
-  """
-  return {v.path.split("/", 1)[1]: v for v in model.variables}
-
-
-class Preempted(Exception):
-  """SIGTERM stopped training after a checkpoint; rerunning resumes."""
-
-
-class CheckpointWriteError(RuntimeError):
-  """A checkpoint could not be written (e.g. the disk is full)."""
 
 
 def _num_workers(strategy):
@@ -112,15 +91,14 @@ class Trainer:
                               name="global_step")
       self.bad_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
                                    name="consecutive_bad_steps")
-    self.checkpoint = tf.train.Checkpoint(
-        model=variables_by_path(model), optimizer=optimizer, step=self.step)
+    self.checkpoint = checkpoints.weights_checkpoint(
+        model, optimizer=optimizer, step=self.step)
     # Every worker saves (saving may synchronise), but only the chief into
     # model_dir; the others into a scratch directory that is never read.
     directory = model_dir if self.is_chief else tempfile.mkdtemp()
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, directory, max_to_keep=keep_checkpoints)
-    self.writer = (tf.summary.create_file_writer(model_dir) if self.is_chief
-                   else tf.summary.create_noop_writer())
+    self.writer = strategy_lib.summary_writer(strategy, model_dir)
     self._train_fn = None
     self._agree_fn = None
     self.multi_worker = _num_workers(strategy) > 1
@@ -245,9 +223,10 @@ class Trainer:
     try:
       self.manager.save(checkpoint_number=step)
     except (OSError, tf.errors.OpError) as e:
-      raise CheckpointWriteError(
+      reason = e.message if isinstance(e, tf.errors.OpError) else str(e)
+      raise errors.CheckpointWriteError(
           f"writing the step-{step} checkpoint to {self.model_dir} failed "
-          f"({e}); the previous checkpoint "
+          f"({reason.splitlines()[0]}); the previous checkpoint "
           f"{self.manager.latest_checkpoint} is intact and a rerun resumes "
           "from it") from e
 
@@ -304,7 +283,7 @@ class Trainer:
       elapsed = time.time() - tick
       done, step = int(self.step.numpy()) - step, int(self.step.numpy())
       if int(self.bad_steps.numpy()) >= self.max_bad_steps:
-        raise DivergenceError(
+        raise errors.DivergenceError(
             f"{int(self.bad_steps.numpy())} consecutive steps with a non-finite loss "
             f"or gradient (up to step {step}); stopped without saving. The "
             f"last good checkpoint in {self.model_dir} is intact: lower "

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from cpc_tf import config as config_lib
 from cpc_tf import cpc
-from cpc_tf import export
+from cpc_tf import export_lib
 from cpc_tf import files
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.data import pipeline
@@ -16,13 +16,6 @@ from cpc_tf.data import sources
 from cpc_tf.train import loop
 from cpc_tf.train import optimizers
 from cpc_tf.train import strategy as strategy_lib
-
-
-def augment_config(config):
-  return augment_lib.AugmentConfig(
-      color_drop=config.color_drop, auto_augment=config.auto_augment,
-      elastic=config.elastic, color_jitter=config.color_jitter,
-      jitter=config.jitter, flip=config.flip)
 
 
 def make_optimizer(config):
@@ -40,7 +33,8 @@ def make_dataset_fn(config, source):
         batch_size=input_context.get_per_replica_batch_size(
             config.batch_size),
         image_size=config.image_size, patch_size=config.patch_size,
-        patch_stride=config.patch_stride, augment=augment_config(config),
+        patch_stride=config.patch_stride,
+        augment=augment_lib.AugmentConfig.from_config(config),
         training=True, seed=config.seed, skip_batches=skip_batches,
         input_context=input_context, cache=pipeline.use_cache(
             source, config.cache_images, input_context.num_input_pipelines))
@@ -86,9 +80,7 @@ def pretrain(config):
   keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  keras.mixed_precision.set_global_policy(
-      "float32" if config.mixed_precision == "none"
-      else f"mixed_{config.mixed_precision}")
+  strategy_lib.set_precision(config.mixed_precision)
   strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
   tf.io.gfile.makedirs(config.model_dir)
   source = sources.load(config.dataset, config.split,
@@ -106,7 +98,7 @@ def pretrain(config):
     optimizer = make_optimizer(config)
     optimizer.build(model.trainable_variables)
   logging.info("Encoder %s: %d parameters; CPC model: %d parameters",
-               config.encoder, model.encoder.count_params(),
+               config.architecture, model.encoder.count_params(),
                model.count_params())
   dataset_fn = make_dataset_fn(config, source)
   profile = (config_lib.parse_profile_steps(config.profile_steps)
@@ -125,8 +117,9 @@ def pretrain(config):
   metrics = trainer.train()
   if (config.export and trainer.is_chief
       and int(trainer.step.numpy()) >= config.train_steps):
-    export.export_encoder(model.encoder, config,
-                          os.path.join(config.model_dir, "export"))
+    export_lib.export_encoder(model.encoder, config,
+                              os.path.join(config.model_dir, "export"),
+                              int(trainer.step.numpy()))
   if trainer.is_chief:
     report_skipped(source.skipped, config.model_dir)
   return dict(metrics, step=int(trainer.step.numpy()))

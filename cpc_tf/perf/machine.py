@@ -9,28 +9,28 @@ import resource
 _ISA_FLAG = re.compile(r"avx2|fma|avx512\w*|amx\w*")
 
 
+def _cpuinfo(key):
+  """The first "<key> : <value>" of /proc/cpuinfo, or None."""
+  with contextlib.suppress(OSError):
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith(key):
+          return line.split(":", 1)[1].strip()
+  return None
+
+
 def isa():
   """The vector and matrix extensions of this CPU that set its FLOP rate
   (the same "model name" comes with and without AVX-512), from
   /proc/cpuinfo; [] where there is none."""
-  with contextlib.suppress(OSError):
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return sorted(flag for flag in line.split(":", 1)[1].split()
-                        if _ISA_FLAG.fullmatch(flag))
-  return []
+  return sorted(flag for flag in (_cpuinfo("flags") or "").split()
+                if _ISA_FLAG.fullmatch(flag))
 
 
 def describe():
+  """CPU, cores, ISA, TensorFlow's thread and oneDNN settings."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor()
-  with contextlib.suppress(OSError):
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
+  cpu = _cpuinfo("model name") or platform.processor()
   return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa(),
           "tensorflow": tf.__version__, "python": platform.python_version(),
           "intra_op_threads": tf.config.threading

@@ -103,12 +103,10 @@ def _fit_trial(config, trial, strategy, data, geometry):
 def run(config):
   """Runs (or resumes, or just reads) the sweep; returns the results of the
   selected trial (`cpc_tf.results`), also written to results.json."""
-  config.validate()
-  done = classification.prepare_model_dir(config)
+  done = classification.start(config)
   if done:
     return done
   start = time.time()
-  strategy_lib.set_precision(config.mixed_precision)
   strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
   data = classification.load_data(config)
   side = config.image_size

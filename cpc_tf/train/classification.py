@@ -50,6 +50,17 @@ def prepare_model_dir(config):
   return results.read(config.model_dir)
 
 
+def start(config):
+  """Validates `config` and prepares its model_dir; returns the run's
+  finished results if it has them, else sets the precision policy and
+  returns None."""
+  config.validate()
+  done = prepare_model_dir(config)
+  if not done:
+    strategy_lib.set_precision(config.mixed_precision)
+  return done
+
+
 def load_data(config):
   """The labelled subset, validation part and test split of `config`."""
   return labeled.load(

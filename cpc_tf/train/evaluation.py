@@ -136,10 +136,8 @@ def _run(config, strategy, data):
 def run(config):
   """Runs (or resumes, or just reads) one evaluation; returns its results
   (`cpc_tf.results`), also written to <model_dir>/results.json."""
-  config.validate()
-  done = classification.prepare_model_dir(config)
+  done = classification.start(config)
   if done:
     return done
-  strategy_lib.set_precision(config.mixed_precision)
   strategy = strategy_lib.make_strategy(config.strategy, config.tpu)
   return _run(config, strategy, classification.load_data(config))

@@ -221,12 +221,19 @@ def _measure_paper_pipeline(config, quick, repeats, isolate):
   return result
 
 
+def _without_temporary_paths(text):
+  """Temporary directories (trace, images) as `<tmp>/...`: a report names
+  no machine's paths."""
+  return text.replace(tempfile.gettempdir().rstrip("/") + "/", "<tmp>/")
+
+
 def main(argv):
   config, report = flag_utils.run_main(argv, BenchmarkConfig,
                                        lambda: run_all)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  text = markdown.markdown(report)
-  for path, content in ((config.output_json, json.dumps(report, indent=2)),
+  text = _without_temporary_paths(markdown.markdown(report))
+  for path, content in ((config.output_json, _without_temporary_paths(
+      json.dumps(report, indent=2))),
                         (config.output_md, text if config.output_md
                          else None)):
     if path and content is not None:

@@ -6,6 +6,7 @@ No test here asserts a time: the machine is shared, timings are not.
 import json
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -248,4 +249,7 @@ def test_benchmark_writes_documented_keys(tmp_path):
     assert "is not a folder" in report["pipeline_paper"]["skipped"]
     assert "pipeline_paper_images_per_sec_per_core" not in report
   assert "MFU" in out_md.read_text()
+  # The trace went to a temporary directory; the report names no such path.
+  assert tempfile.gettempdir() not in out_json.read_text()
+  assert "<tmp>/cpc_benchmark_trace_" in out_json.read_text()
   assert "Where the tiny float32 step's time goes" in out_md.read_text()

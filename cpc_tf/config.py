@@ -86,15 +86,31 @@ class RunConfig:
 @dataclasses.dataclass
 class AugmentFields:
   """Per-patch augmentation (§4.1), of pretraining and of the supervised
-  baseline (A.4); `data.augment.AugmentConfig.from_config` reads them."""
+  baseline (A.4); `data.augment.AugmentConfig.from_config` reads them.
+  A family that is on applies to each patch with its probability."""
   color_drop: bool = field(True, "Per-patch colour dropping (§4.1 RC).")
-  auto_augment: bool = field(True, "Per-patch AutoAugment primitives "
-                              "(§4.1 PA).")
+  auto_augment: bool = field(True, "Per-patch AutoAugment primitives, 2 of "
+                              "15 chosen per patch (§4.1 PA).")
   elastic: bool = field(False, "Per-patch random elastic deformation "
                          "(§4.1 PA).")
   color_jitter: bool = field(True, "Per-patch colour transforms (§4.1 PA).")
   jitter: int = field(1, "Per-patch spatial jitter in pixels; 0 is off.")
   flip: bool = field(True, "Random horizontal flip of the whole image.")
+  color_drop_prob: float = field(1.0, "Probability that a patch is colour-"
+                                 "dropped (with --color_drop).")
+  auto_augment_prob: float = field(1.0, "Probability that a patch gets "
+                                   "AutoAugment primitives (with "
+                                   "--auto_augment).")
+  elastic_prob: float = field(1.0, "Probability that a patch is deformed "
+                              "(with --elastic).")
+  color_jitter_prob: float = field(1.0, "Probability that a patch is "
+                                   "colour-jittered (with --color_jitter).")
+
+  def validate_augment(self):
+    flag_utils.check_probability(self, (
+        "color_drop_prob", "auto_augment_prob", "elastic_prob",
+        "color_jitter_prob"))
+    flag_utils.check_positive(self, ("jitter",), allow_zero=True)
 
 
 @dataclasses.dataclass
@@ -155,8 +171,8 @@ class PretrainConfig(RunConfig, AugmentFields):
     flag_utils.check_positive(self, (
         "batch_size", "image_size", "patch_size", "patch_stride",
         "target_dim", "context_dim", "checkpoint_every", "learning_rate"))
-    flag_utils.check_positive(self, ("jitter", "steps_to_ignore"),
-                              allow_zero=True)
+    flag_utils.check_positive(self, ("steps_to_ignore",), allow_zero=True)
+    self.validate_augment()
     if self.steps_to_predict <= self.steps_to_ignore:
       raise ValueError(
           f"--steps_to_predict={self.steps_to_predict} must be greater than "

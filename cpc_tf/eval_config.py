@@ -178,4 +178,5 @@ class SupervisedConfig(ClassificationConfig, config_lib.AugmentFields):
     if not 0 <= self.momentum < 1:
       raise ValueError(f"--momentum={self.momentum}; allowed: "
                        "0 <= momentum < 1")
+    self.validate_augment()
     return self

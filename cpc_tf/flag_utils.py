@@ -154,6 +154,14 @@ def check_positive(config, names, allow_zero=False):
                        f"{'>= 0' if allow_zero else '> 0'}")
 
 
+def check_probability(config, names):
+  """Raises ValueError naming the first of `names` outside [0, 1]."""
+  for name in names:
+    value = getattr(config, name)
+    if not 0.0 <= value <= 1.0:
+      raise ValueError(f"--{name}={value}; must be in [0, 1]")
+
+
 def evaluation_binary(config_cls, run_module):
   """Defines the flags of `config_cls` and returns the absl main of an
   evaluation binary: `run_main` with `<run_module>.run`, then the test

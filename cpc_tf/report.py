@@ -4,12 +4,13 @@ r"""Data-efficiency report: methods x label fractions, as in Fig. 1 (§4.2).
       --encoder=results/cifar10_cpu/pretraining \
       --sweep_dir=runs/sweep_cifar10 --output_dir=results/cifar10_cpu
 
-Runs every (method, label fraction) missing in --sweep_dir, one
+Runs every (method, label fraction, seed) missing in --sweep_dir, one
 `cpc_tf.evaluate` / `cpc_tf.supervised` process each (an interrupted sweep
-resumes), then writes to --output_dir: report.md (the table, the claim
-check, the exact commands), report.png (accuracy vs % of labels: CPC fixed
-and fine-tuned, supervised from pixels, random-init), results.json and
-commands.sh. Both directories may be any tf.io.gfile path (gs://...).
+resumes), then writes to --output_dir: report.md (the table, mean ± std over
+--eval_seeds, the claim check, the exact commands), report.png (accuracy vs
+% of labels with error bars: CPC fixed and fine-tuned, supervised from
+pixels, random-init), results.json and commands.sh. Both directories may be
+any tf.io.gfile path (gs://...).
 --norun only collects what is there; `write_report` is the library call.
 Every field of `ReportConfig` is a flag.
 """
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 
@@ -39,17 +41,27 @@ METHODS = {  # name -> (label, plot colour, line style)
     "supervised": ("ResNet trained on pixels", "tab:red", "-"),
 }
 CPC_METHODS = ("cpc_efficient", "cpc_finetune")
-CONTROLS = ("supervised", "random_efficient", "random_finetune")
+RANDOM_METHODS = ("random_efficient", "random_finetune")
+# The claim check (§4.2): (name, methods) of each side; a side with several
+# methods is the one of them best on validation.
+COMPARISONS = ((("CPC", CPC_METHODS), ("supervised", ("supervised",))),
+               (("CPC", CPC_METHODS), ("random-init", RANDOM_METHODS)),
+               (("Linear: CPC", ("cpc_linear",)),
+                ("random-init", ("random_linear",))))
+_PROTOCOLS = {"efficient": "fixed", "finetune": "fine-tuned"}
+# Summarised over seeds: name -> (part of results.json, key).
+_METRICS = {"top1": ("test", "top1"), "top5": ("test", "top5"),
+            "validation_top1": ("validation", "top1")}
 # The subset of every method must be the same for a fraction.
 _SAME_DATA = ("dataset", "train_split", "test_split", "num_train",
               "num_validation", "num_test")
 
 
-
 @dataclasses.dataclass
 class ReportConfig:
   """A sweep of methods x label fractions and where its report goes."""
-  sweep_dir: str = field("", "One run per <method>/<N>pct here.")
+  sweep_dir: str = field("", "One run per <method>/<N>pct/seed<k> here "
+                         "(<method>/<N>pct with --eval_seeds=0).")
   output_dir: str = field("", "Where report.md, report.png, results.json "
                           "and commands.sh go.")
   methods: tuple = field(("cpc_efficient", "cpc_finetune", "supervised",
@@ -59,6 +71,9 @@ class ReportConfig:
   label_fractions: tuple = field((0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
                                  "Label fractions in (0, 1] (paper: 1% to "
                                  "100%).")
+  eval_seeds: tuple = field((0,), "Seeds of every run (--seed of "
+                            "cpc_tf.evaluate / cpc_tf.supervised); the table "
+                            "gives mean ± std over them.")
   encoder: str = field("", "Pretraining directory or SavedModel of the CPC "
                        "methods (random-init: its architecture), as "
                        "cpc_tf.evaluate's --encoder.")
@@ -88,8 +103,12 @@ class ReportConfig:
       given = ",".join(f"{f:g}" for f in self.label_fractions)
       raise ValueError(f"--label_fractions={given}; allowed: numbers with "
                        "0 < fraction <= 1")
+    seeds = self.eval_seeds
+    if min(seeds) < 0 or len(set(seeds)) < len(seeds):
+      raise ValueError(f"--eval_seeds={','.join(map(str, seeds))}; allowed: "
+                       "distinct seeds >= 0")
     if self.run:
-      for method, _ in plan(self.methods, self.label_fractions[:1]):
+      for method, _, _ in plan(self.methods, self.label_fractions[:1]):
         kind = method if method == "supervised" else method.split("_")[1]
         if not self.flagfiles[kind]:
           raise ValueError(f"--{kind}_flagfile is required for {method}")
@@ -99,14 +118,25 @@ class ReportConfig:
     return self
 
 
-def run_dir(sweep_dir, method, fraction):
-  return os.path.join(sweep_dir, method, f"{100 * fraction:g}pct")
+def run_seeds(eval_seeds):
+  """The seeds `run_dir` and `command` take for `eval_seeds`: (None,) for
+  (0,), the layout of single-seed sweeps (<method>/<N>pct, the binaries'
+  default --seed), so those still collect."""
+  return (None,) if tuple(eval_seeds) == (0,) else tuple(eval_seeds)
 
 
-def command(method, fraction, sweep_dir, encoder, flagfiles):
-  """The command line of one run."""
-  model_dir = run_dir(sweep_dir, method, fraction)
+def run_dir(sweep_dir, method, fraction, seed=None):
+  """<sweep_dir>/<method>/<N>pct/seed<k>; <method>/<N>pct if seed is None."""
+  path = os.path.join(sweep_dir, method, f"{100 * fraction:g}pct")
+  return path if seed is None else os.path.join(path, f"seed{seed}")
+
+
+def command(method, fraction, sweep_dir, encoder, flagfiles, seed=None):
+  """The command line of one run (`seed` as `run_seeds` gives it)."""
+  model_dir = run_dir(sweep_dir, method, fraction, seed)
   common = [f"--label_fraction={fraction:g}", f"--model_dir={model_dir}"]
+  if seed is not None:
+    common.append(f"--seed={seed}")
   if method == "supervised":
     return ([sys.executable, "-m", "cpc_tf.supervised",
              f"--flagfile={flagfiles['supervised']}"] + common)
@@ -118,33 +148,42 @@ def command(method, fraction, sweep_dir, encoder, flagfiles):
     args.append("--random_init")
   if protocol == "finetune":
     args.append("--init_from=" + run_dir(sweep_dir, f"{kind}_efficient",
-                                         fraction))
+                                         fraction, seed))
   return args
 
 
-def plan(methods, fractions):
-  """(method, fraction) in run order: by fraction, and an efficient run
-  (added if missing) before the fine-tuning that starts from it."""
+def plan(methods, fractions, eval_seeds=(0,)):
+  """(method, fraction, seed) in run order, seeds as `run_seeds` gives
+  them: one seed's whole sweep before the next seed's (an interrupted sweep
+  has a full table first), by fraction, and an efficient run (added if
+  missing) before the fine-tuning that starts from it."""
   needed = set(methods)
   for m in methods:
     if m.endswith("finetune"):
       needed.add(m.replace("finetune", "efficient"))
   order = sorted(needed, key=lambda m: (m.endswith("finetune"),
                                         list(METHODS).index(m)))
-  return [(m, f) for f in fractions for m in order]
+  return [(m, f, s) for s in run_seeds(eval_seeds) for f in fractions
+          for m in order]
 
 
-def collect(sweep_dir, methods, fractions):
-  """{(method, fraction): results} of the finished runs."""
+def collect(sweep_dir, methods, fractions, eval_seeds=(0,)):
+  """{(method, fraction): {seed: results}} of the finished runs."""
   from cpc_tf import results as results_lib
   found = {}
   for method in methods:
     for fraction in fractions:
-      results = results_lib.read(run_dir(sweep_dir, method, fraction))
-      if results is not None:
-        found[method, fraction] = results
+      runs = {}
+      for seed, path_seed in zip(eval_seeds, run_seeds(eval_seeds)):
+        results = results_lib.read(run_dir(sweep_dir, method, fraction,
+                                           path_seed))
+        if results is not None:
+          runs[seed] = results
+      if runs:
+        found[method, fraction] = runs
   for fraction in fractions:
-    runs = [r for (m, f), r in found.items() if f == fraction]
+    runs = [r for (_, f), by_seed in found.items() if f == fraction
+            for r in by_seed.values()]
     for key in _SAME_DATA:
       if len({r[key] for r in runs}) > 1:
         raise ValueError(f"{100 * fraction:g}% runs disagree on {key}: "
@@ -152,69 +191,127 @@ def collect(sweep_dir, methods, fractions):
   return found
 
 
-def _cell(results):
-  if results is None:
+def mean_std(runs, metric):
+  """Mean and sample standard deviation (None for one seed) of `metric`
+  (a key of _METRICS) over `runs` ({seed: results})."""
+  part, key = _METRICS[metric]
+  values = [r[part][key] for r in runs.values()]
+  return (statistics.mean(values),
+          statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summary(runs):
+  """results.json's entry of one method and fraction: each seed's test
+  metrics and validation Top-1, and their mean and std over the seeds."""
+  stats = {metric: mean_std(runs, metric) for metric in _METRICS}
+  return {"seeds": {str(s): r["test"] | {"validation_top1":
+                                         r["validation"]["top1"]}
+                    for s, r in sorted(runs.items())},
+          "mean": {metric: m for metric, (m, _) in stats.items()},
+          "std": {metric: sd for metric, (_, sd) in stats.items()}}
+
+
+def _percent(runs, metric):
+  """'56.3 ± 0.4' (no ± for one seed)."""
+  mean, std = mean_std(runs, metric)
+  return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _cell(runs, num_seeds):
+  """'Top-1 mean ± std / Top-5 mean', and the seeds found if fewer than
+  asked."""
+  if not runs:
     return "—"
-  test = results["test"]
-  return f"{100 * test['top1']:.1f} / {100 * test['top5']:.1f}"
+  text = (f"{_percent(runs, 'top1')} / "
+          f"{100 * mean_std(runs, 'top5')[0]:.1f}")
+  if len(runs) < num_seeds:
+    text += f" ({len(runs)} of {num_seeds} seeds)"
+  return text
+
+
+def _side(found, name, methods, fraction):
+  """(text, mean test Top-1) of the method of `methods` with the best mean
+  validation Top-1 at `fraction` (§4.2, A.4: chosen on validation), or
+  None if none ran."""
+  ran = [m for m in methods if (m, fraction) in found]
+  if not ran:
+    return None
+  best = max(ran, key=lambda m: mean_std(found[m, fraction],
+                                          "validation_top1")[0])
+  if len(methods) > 1:
+    chosen = ", chosen on validation" if len(ran) > 1 else ""
+    name += f" ({_PROTOCOLS[best.split('_')[1]]}{chosen})"
+  runs = found[best, fraction]
+  return f"{name} {_percent(runs, 'top1')}", mean_std(runs, "top1")[0]
 
 
 def claim(found, fraction):
-  """Does CPC (fixed or fine-tuned) beat every control, on Top-1?"""
-  def best(methods):
-    scores = [(found[m, fraction]["test"]["top1"], m) for m in methods
-              if (m, fraction) in found]
-    return max(scores) if scores else None
-  cpc, control = best(CPC_METHODS), best(CONTROLS)
-  if cpc is None or control is None:
-    return f"{100 * fraction:g}%: not enough runs to compare."
-  verdict = "yes" if cpc[0] > control[0] else "**no**"
-  return (f"{100 * fraction:g}% labels: best CPC {METHODS[cpc[1]][0]} "
-          f"{100 * cpc[0]:.1f}% vs best control {METHODS[control[1]][0]} "
-          f"{100 * control[0]:.1f}% Top-1 — CPC better: {verdict} "
-          f"(margin {100 * (cpc[0] - control[0]):+.1f} points).")
+  """The claim check at `fraction` (§4.2), one line per comparison: CPC
+  (the better of fixed and fine-tuned on validation) vs supervised and vs
+  random-init (likewise), linear CPC vs linear random-init; margins are
+  differences of mean test Top-1, in points."""
+  lines = []
+  for ours, control in COMPARISONS:
+    a, b = _side(found, *ours, fraction), _side(found, *control, fraction)
+    if a and b:
+      margin = f"{100 * (a[1] - b[1]):+.1f} points"
+      lines.append(f"{a[0]} vs {b[0]}: margin "
+                   f"{margin if a[1] > b[1] else f'**{margin}**'}")
+  return lines or ["not enough runs to compare"]
 
 
-def markdown(found, methods, fractions, commands, title):
+def markdown(found, methods, fractions, commands, title, eval_seeds=(0,)):
   """The report: table, data sizes, claim check, commands."""
   pct = [f"{100 * f:g}%" for f in fractions]
+  seeds = ("" if len(eval_seeds) == 1 else
+           f", mean over seeds {', '.join(map(str, eval_seeds))} (± the "
+           "sample std of Top-1)")
   lines = [f"# {title or 'Data-efficient classification'}", "",
-           "Test Top-1 / Top-5 accuracy (%), each run's weights selected on "
-           "the held-out validation part of the training split.", "",
+           f"Test Top-1 / Top-5 accuracy (%){seeds}; each run's weights "
+           "selected on the held-out validation part of the training "
+           "split.", "",
            "| Method | " + " | ".join(pct) + " |",
            "| --- |" + " --- |" * len(pct)]
   for method in methods:
     lines.append(f"| {METHODS[method][0]} | " + " | ".join(
-        _cell(found.get((method, f))) for f in fractions) + " |")
+        _cell(found.get((method, f)), len(eval_seeds)) for f in fractions)
+                 + " |")
   lines += ["", "| Labelled data | " + " | ".join(pct) + " |",
             "| --- |" + " --- |" * len(pct)]
   sizes = []
   for f in fractions:
-    runs = [r for (m, g), r in found.items() if g == f]
+    runs = [r for (_, g), by_seed in found.items() if g == f
+            for r in by_seed.values()]
     sizes.append(f"{runs[0]['num_train']} train / {runs[0]['num_validation']}"
                  f" val / {runs[0]['num_test']} test" if runs else "—")
   lines.append("| images | " + " | ".join(sizes) + " |")
-  lines += ["", "## Claim: CPC beats supervised and random-init", ""]
-  lines += [f"- {claim(found, f)}" for f in fractions
-            if f in (0.01, 0.1)] or ["- (1% and 10% not in this sweep)"]
+  lines += ["", "## Claim: CPC beats supervised and random-init", "",
+            "Test Top-1 (%); fixed or fine-tuned is chosen on the mean "
+            "validation Top-1; a margin is the difference of the means.", ""]
+  for f in fractions:
+    lines.append(f"- {100 * f:g}% labels:")
+    lines += [f"  - {line}" for line in claim(found, f)]
   lines += ["", "## Commands", "", "```sh"] + [
       " ".join(shlex.quote(a) for a in c) for c in commands] + ["```", ""]
   return "\n".join(lines)
 
 
 def figure(found, methods, fractions, metric, title):
-  """Accuracy vs % of labels (log axis), one line per method (Fig. 1): a
-  matplotlib Figure, off screen."""
+  """Mean accuracy vs % of labels (log axis), one line per method with
+  the std over seeds as error bars (Fig. 1): a matplotlib Figure, off
+  screen."""
   from matplotlib import figure as figure_lib
   fig = figure_lib.Figure(figsize=(6, 4.5))
   ax = fig.subplots()
   for method in methods:
-    points = [(100 * f, 100 * found[method, f]["test"][metric])
+    points = [(100 * f, *mean_std(found[method, f], metric))
               for f in fractions if (method, f) in found]
     if points:
       label, colour, style = METHODS[method]
-      xs, ys = zip(*points)
-      ax.plot(xs, ys, style, marker="o", color=colour, label=label)
+      xs, ys, stds = zip(*points)
+      ax.errorbar(xs, [100 * y for y in ys],
+                  yerr=[100 * (s or 0) for s in stds], fmt=style,
+                  marker="o", color=colour, capsize=3, label=label)
   ax.set_xscale("log")
   ax.set_xticks([100 * f for f in fractions])
   ax.set_xticklabels([f"{100 * f:g}%" for f in fractions])
@@ -260,21 +357,21 @@ def write_commands(output_dir, commands):
 
 
 def write_report(sweep_dir, output_dir, methods, fractions, commands,
-                 title="", metric="top1"):
+                 title="", metric="top1", eval_seeds=(0,)):
   """Collects the finished runs in `sweep_dir` and writes report.md,
-  results.json (test metrics and validation top-1 per run) and report.png
-  to `output_dir` (both any tf.io.gfile path); returns report.md's text.
+  results.json (per method and fraction: each seed's test metrics and
+  validation top-1, their mean and std) and report.png to `output_dir`
+  (both any tf.io.gfile path); returns report.md's text.
 
   Raises:
     ValueError: runs of one fraction disagree on their data (`collect`).
   """
-  found = collect(sweep_dir, methods, fractions)
-  text = markdown(found, methods, fractions, commands, title)
+  found = collect(sweep_dir, methods, fractions, eval_seeds)
+  text = markdown(found, methods, fractions, commands, title, eval_seeds)
   _write(os.path.join(output_dir, "report.md"), text)
   _write(os.path.join(output_dir, "results.json"), json.dumps(
-      {f"{m}/{100 * g:g}pct": r["test"] | {"validation_top1":
-                                           r["validation"]["top1"]}
-       for (m, g), r in sorted(found.items())}, indent=2))
+      {f"{m}/{100 * g:g}pct": summary(runs)
+       for (m, g), runs in sorted(found.items())}, indent=2))
   plot(found, methods, fractions, metric, title,
        os.path.join(output_dir, "report.png"))
   return text
@@ -284,8 +381,9 @@ def run_sweep(config):
   """Writes commands.sh, runs the sweep's missing runs (unless --norun) and
   writes the report; returns report.md's text."""
   commands = [command(m, f, config.sweep_dir, config.encoder,
-                      config.flagfiles)
-              for m, f in plan(config.methods, config.label_fractions)]
+                      config.flagfiles, s)
+              for m, f, s in plan(config.methods, config.label_fractions,
+                                  config.eval_seeds)]
   write_commands(config.output_dir, commands)
   if config.run:
     for args in commands:
@@ -295,7 +393,7 @@ def run_sweep(config):
                  f"{_shell([args])}")
   return write_report(config.sweep_dir, config.output_dir, config.methods,
                       config.label_fractions, commands, config.title,
-                      config.plot_metric)
+                      config.plot_metric, config.eval_seeds)
 
 
 def main(argv):

@@ -21,6 +21,7 @@ from cpc_tf import report
 from cpc_tf import results
 from cpc_tf.models import classifier
 from cpc_tf.models import heads
+from cpc_tf.train import accuracy
 from cpc_tf.train import baseline
 from cpc_tf.train import early_stopping
 from cpc_tf.train import evaluation
@@ -213,6 +214,36 @@ def test_results_follow_the_schema(fixed_and_finetuned):
                    if k != "num_test"})
 
 
+def test_finetuning_that_never_beats_its_start_selects_the_start(
+    tmp_path, fixed_and_finetuned, pretrained, data_dir, monkeypatch):
+  """The fixed solution fine-tuning starts from is validated at step 0 and
+  kept when no fine-tuned step validates better."""
+  fixed, _, _, _ = fixed_and_finetuned
+  scores = iter([0.9, 0.5, 0.6])  # Steps 0, 2, 4; then the real test.
+  evaluate = accuracy.evaluate
+
+  def scripted(*args):
+    metrics = evaluate(*args)
+    return dict(metrics, top1=next(scores, metrics["top1"]))
+
+  monkeypatch.setattr(accuracy, "evaluate", scripted)
+  config = eval_config_for(tmp_path, pretrained, data_dir,
+                           protocol="finetune", init_from=fixed.model_dir)
+  got = evaluation.run(config)
+  assert (got["best_step"], got["steps_trained"]) == (0, 4)
+  assert got["validation"] == {"top1": 0.9}
+  start = weights_of_run(fixed, pretrained, tf.train.latest_checkpoint(
+      os.path.join(fixed.model_dir, "best")))
+  kept = weights_of_run(config, pretrained, tf.train.latest_checkpoint(
+      os.path.join(config.model_dir, "best")))
+  last = weights_of_run(config, pretrained,
+                        tf.train.latest_checkpoint(config.model_dir))
+  for a, b, c in zip(start.weights, kept.weights, last.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert any(not np.array_equal(a.numpy(), c.numpy())
+             for a, c in zip(start.weights, last.weights))
+
+
 class _Scripted:
   """A validation with given scores that records the weights it saw."""
 
@@ -357,27 +388,42 @@ def test_binaries_stop_with_one_line_naming_the_flag(config_cls, args,
   assert got.startswith(message) and "\n" not in got, got
 
 
-def _fake_results(method, fraction, top1):
+def _fake_results(method, fraction, top1, validation=None):
   return {"method": method, "subset": f"{100 * fraction:g}%",
           "dataset": "d", "train_split": "train", "test_split": "test",
           "num_train": int(1000 * fraction), "num_validation": 50,
-          "num_test": 100, "validation": {"top1": top1},
+          "num_test": 100,
+          "validation": {"top1": top1 if validation is None else validation},
           "test": {"top1": top1, "top5": min(1.0, 2 * top1)}}
+
+
+def _fake_runs(method, fraction, top1s, validation=None):
+  """{seed: results} of seeds 0, 1, ... with these test (and validation)
+  Top-1s."""
+  validation = validation or top1s
+  return {seed: _fake_results(method, fraction, t, v)
+          for seed, (t, v) in enumerate(zip(top1s, validation))}
+
+
+def _mean_std(values):
+  return (f"{100 * np.mean(values):.1f} ± "
+          f"{100 * np.std(values, ddof=1):.1f}")
 
 
 def test_report_table_claim_and_plot(tmp_path):
   fractions = [0.01, 0.1]
-  found = {("cpc_efficient", 0.01): _fake_results("cpc_efficient", .01, .4),
-           ("cpc_finetune", 0.01): _fake_results("cpc_finetune", .01, .45),
-           ("supervised", 0.01): _fake_results("supervised", .01, .3),
-           ("random_efficient", 0.01): _fake_results("random_efficient",
-                                                     .01, .2),
-           ("cpc_efficient", 0.1): _fake_results("cpc_efficient", .1, .5),
-           ("supervised", 0.1): _fake_results("supervised", .1, .6)}
+  found = {("cpc_efficient", 0.01): _fake_runs("cpc_efficient", .01, [.4]),
+           ("cpc_finetune", 0.01): _fake_runs("cpc_finetune", .01, [.45]),
+           ("supervised", 0.01): _fake_runs("supervised", .01, [.3]),
+           ("random_efficient", 0.01): _fake_runs("random_efficient",
+                                                  .01, [.2]),
+           ("cpc_efficient", 0.1): _fake_runs("cpc_efficient", .1, [.5]),
+           ("supervised", 0.1): _fake_runs("supervised", .1, [.6])}
   methods = ["cpc_efficient", "cpc_finetune", "supervised",
              "random_efficient"]
   assert report.plan(["cpc_finetune", "supervised"], [0.01]) == [
-      ("cpc_efficient", 0.01), ("supervised", 0.01), ("cpc_finetune", 0.01)]
+      ("cpc_efficient", 0.01, None), ("supervised", 0.01, None),
+      ("cpc_finetune", 0.01, None)]
   command = report.command("random_finetune", 0.1, "sweep", "enc",
                            {"finetune": "ft.flags"})
   assert command[1:] == [
@@ -387,29 +433,132 @@ def test_report_table_claim_and_plot(tmp_path):
       "--init_from=sweep/random_efficient/10pct"]
   text = report.markdown(found, methods, fractions, [command], "T")
   assert "| ResNet on CPC v2 (fine-tuned) | 45.0 / 90.0 | — |" in text
-  assert "1% labels: best CPC ResNet on CPC v2 (fine-tuned) 45.0%" in text
-  assert "CPC better: yes (margin +15.0 points)" in text
-  assert "CPC better: **no** (margin -10.0 points)" in text
+  assert ("  - CPC (fine-tuned, chosen on validation) 45.0 vs supervised "
+          "30.0: margin +15.0 points\n") in text
+  assert ("  - CPC (fine-tuned, chosen on validation) 45.0 vs random-init "
+          "(fixed) 20.0: margin +25.0 points\n") in text
+  assert ("- 10% labels:\n  - CPC (fixed) 50.0 vs supervised 60.0: margin "
+          "**-10.0 points**\n\n") in text  # No random-init run at 10%.
   assert "| images | 10 train / 50 val / 100 test |" in text
+
+
+def test_report_runs_one_dir_per_seed():
+  """--eval_seeds=0 keeps the single-seed layout; other seeds get their
+  own directory, --seed and the efficient run of their seed to fine-tune."""
+  assert report.run_seeds((0,)) == (None,)
+  assert report.run_seeds((0, 1)) == (0, 1)
+  assert report.run_dir("s", "supervised", 0.5) == "s/supervised/50pct"
+  assert report.run_dir("s", "supervised", 0.5, 0) == (
+      "s/supervised/50pct/seed0")
+  command = report.command("cpc_finetune", 0.01, "s", "enc",
+                           {"finetune": "ft.flags"}, 3)
+  assert command[1:] == [
+      "-m", "cpc_tf.evaluate", "--flagfile=ft.flags", "--protocol=finetune",
+      "--encoder=enc", "--label_fraction=0.01",
+      "--model_dir=s/cpc_finetune/1pct/seed3", "--seed=3",
+      "--init_from=s/cpc_efficient/1pct/seed3"]
+  command = report.command("supervised", 1.0, "s", "", {"supervised": "x"},
+                           0)
+  assert command[-3:] == ["--label_fraction=1",
+                          "--model_dir=s/supervised/100pct/seed0",
+                          "--seed=0"]
+  assert report.plan(["cpc_finetune"], [0.01, 0.1], (0, 3)) == [
+      ("cpc_efficient", 0.01, 0), ("cpc_finetune", 0.01, 0),
+      ("cpc_efficient", 0.1, 0), ("cpc_finetune", 0.1, 0),
+      ("cpc_efficient", 0.01, 3), ("cpc_finetune", 0.01, 3),
+      ("cpc_efficient", 0.1, 3), ("cpc_finetune", 0.1, 3)]
+
+
+def test_report_collects_every_seed_and_shows_mean_and_std(tmp_path,
+                                                           monkeypatch):
+  cpc, supervised = [.40, .43, .47], [.28, .33]
+  runs = {f"s/cpc_efficient/1pct/seed{seed}": r for seed, r in
+          _fake_runs("cpc_efficient", .01, cpc, [.5, .6, .7]).items()}
+  runs |= {f"s/supervised/1pct/seed{2 * seed}": r for seed, r in
+           _fake_runs("supervised", .01, supervised).items()}  # Seeds 0, 2.
+  runs["s/supervised/1pct"] = _fake_results("supervised", .01, .9)
+  monkeypatch.setattr(results, "read", runs.get)
+  methods, seeds = ["cpc_efficient", "supervised"], (0, 1, 2)
+  found = report.collect("s", methods, [0.01, 0.1], seeds)
+  assert set(found) == {("cpc_efficient", 0.01), ("supervised", 0.01)}
+  assert sorted(found["supervised", 0.01]) == [0, 2]
+  text = report.write_report("s", str(tmp_path), methods, [0.01], [], "T",
+                             "top1", seeds)
+  top5 = np.mean([2 * t for t in cpc])
+  assert (f"| ResNet on CPC v2 (fixed) | {_mean_std(cpc)} / "
+          f"{100 * top5:.1f} |") in text
+  assert (f"| ResNet trained on pixels | {_mean_std(supervised)} / "
+          f"{100 * np.mean(supervised) * 2:.1f} (2 of 3 seeds) |") in text
+  with open(tmp_path / "results.json") as f:
+    entry = json.load(f)["cpc_efficient/1pct"]
+  assert list(entry["seeds"]) == ["0", "1", "2"]
+  assert entry["seeds"]["1"]["top1"] == .43
+  assert entry["seeds"]["1"]["validation_top1"] == .6
+  np.testing.assert_allclose(
+      [entry["mean"][k] for k in ("top1", "top5", "validation_top1")],
+      [np.mean(cpc), top5, .6])
+  np.testing.assert_allclose(entry["std"]["top1"], np.std(cpc, ddof=1))
+  # The single-seed layout: <method>/<N>pct, seed 0, no ± nor seed count.
+  found = report.collect("s", ["supervised"], [0.01])
+  assert list(found["supervised", 0.01]) == [0]
+  text = report.markdown(found, ["supervised"], [0.01], [], "T")
+  assert "| ResNet trained on pixels | 90.0 / 100.0 |" in text
+
+
+def test_report_claim_chooses_fixed_or_finetuned_on_validation():
+  """At 1%, CPC fixed and random-init fine-tuned validate better but test
+  worse than their alternatives: choosing on test would give other
+  margins."""
+  found = {
+      ("cpc_efficient", 0.01): _fake_runs("cpc_efficient", .01, [.38, .42],
+                                          [.6, .6]),
+      ("cpc_finetune", 0.01): _fake_runs("cpc_finetune", .01, [.45, .45],
+                                         [.5, .5]),
+      ("supervised", 0.01): _fake_runs("supervised", .01, [.3]),
+      ("random_efficient", 0.01): _fake_runs("random_efficient", .01,
+                                             [.25], [.2]),
+      ("random_finetune", 0.01): _fake_runs("random_finetune", .01,
+                                            [.2], [.3]),
+      ("cpc_linear", 0.01): _fake_runs("cpc_linear", .01, [.3]),
+      ("random_linear", 0.01): _fake_runs("random_linear", .01, [.1])}
+  cpc = f"CPC (fixed, chosen on validation) {_mean_std([.38, .42])}"
+  assert report.claim(found, 0.01) == [
+      f"{cpc} vs supervised 30.0: margin +10.0 points",
+      f"{cpc} vs random-init (fine-tuned, chosen on validation) 20.0: "
+      "margin +20.0 points",
+      "Linear: CPC 30.0 vs random-init 10.0: margin +20.0 points"]
+  # Every fraction of the sweep is checked, not only 1% and 10%.
+  text = report.markdown(found, list(report.METHODS), [0.01, 0.5], [], "T")
+  assert "- 1% labels:\n  - CPC (fixed, chosen on validation)" in text
+  assert "- 50% labels:\n  - not enough runs to compare\n" in text
 
 
 def test_report_plot_draws_each_method_at_its_results(tmp_path):
   fractions = [0.01, 0.1]
-  found = {("cpc_finetune", 0.01): _fake_results("cpc_finetune", .01, .45),
-           ("cpc_finetune", 0.1): _fake_results("cpc_finetune", .1, .7),
-           ("supervised", 0.01): _fake_results("supervised", .01, .3),
-           ("supervised", 0.1): _fake_results("supervised", .1, .6)}
+  found = {("cpc_finetune", 0.01): _fake_runs("cpc_finetune", .01, [.45]),
+           ("cpc_finetune", 0.1): _fake_runs("cpc_finetune", .1, [.7]),
+           ("supervised", 0.01): _fake_runs("supervised", .01, [.28, .34]),
+           ("supervised", 0.1): _fake_runs("supervised", .1, [.6])}
   methods = ["cpc_finetune", "supervised", "random_efficient"]
   fig = report.figure(found, methods, fractions, "top1", "T")
-  lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
-  assert set(lines) == {"ResNet on CPC v2 (fine-tuned)",
-                        "ResNet trained on pixels"}  # No random-init runs.
-  for method, line in (("cpc_finetune", "ResNet on CPC v2 (fine-tuned)"),
-                       ("supervised", "ResNet trained on pixels")):
-    np.testing.assert_allclose(lines[line].get_xdata(), [1, 10])
-    np.testing.assert_allclose(
-        lines[line].get_ydata(),
-        [100 * found[method, f]["test"]["top1"] for f in fractions])
+  bars = {c.get_label(): c for c in fig.axes[0].containers}
+  assert set(bars) == {"ResNet on CPC v2 (fine-tuned)",
+                       "ResNet trained on pixels"}  # No random-init runs.
+  for method, label in (("cpc_finetune", "ResNet on CPC v2 (fine-tuned)"),
+                        ("supervised", "ResNet trained on pixels")):
+    line, _, (bar_lines,) = bars[label].lines
+    means = [100 * np.mean([r["test"]["top1"]
+                            for r in found[method, f].values()])
+             for f in fractions]
+    # errorbar keeps the data as object arrays (for units).
+    np.testing.assert_allclose(line.get_xdata().astype(float), [1, 10])
+    np.testing.assert_allclose(line.get_ydata().astype(float), means)
+    stds = [100 * np.std([r["test"]["top1"]
+                          for r in found[method, f].values()], ddof=1)
+            if len(found[method, f]) > 1 else 0 for f in fractions]
+    np.testing.assert_allclose(  # Error bars: mean ± std; 0 for one seed.
+        [s[:, 1] for s in bar_lines.get_segments()],
+        [[m - s, m + s] for m, s in zip(means, stds)])
   # The PNG holds that figure: both lines' colours inside the axes.
   report.plot(found, methods, fractions, "top1", "T",
               str(tmp_path / "plot.png"))

@@ -109,6 +109,9 @@ def test_a_bad_flag_stops_the_binary_in_one_line(tmp_path):
       "--supervised_flagfile=s"],
      "error: --encoder is required for the CPC and random-init methods"),
     (["--output_dir="], "error: --output_dir is required"),
+    (["--eval_seeds=0,1,0"], "error: --eval_seeds=0,1,0; allowed: "
+     "distinct seeds >= 0"),
+    (["--eval_seeds=-1"], "error: --eval_seeds=-1; allowed: distinct "),
 ])
 def test_report_flags_stop_in_one_line(args, message):
   got = flag_error(report.ReportConfig, "--sweep_dir=s", "--output_dir=o",
@@ -119,8 +122,10 @@ def test_report_flags_stop_in_one_line(args, message):
 def test_report_collects_without_flagfiles_with_norun():
   config = parse_flags(report.ReportConfig, "--sweep_dir=s",
                        "--output_dir=o", "--norun",
-                       "--label_fractions=0.01,1").validate()
+                       "--label_fractions=0.01,1",
+                       "--eval_seeds=0,1,2").validate()
   assert config.label_fractions == (0.01, 1.0)
+  assert config.eval_seeds == (0, 1, 2)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -138,3 +143,19 @@ def test_voc_converter_stops_in_one_line(tmp_path, args, message):
                    *(a.format(**paths) for a in args))
   assert got == message.format(**paths)
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("flagfile", ["supervised_imagenet.flags",
+                                      "supervised_cifar10_cpu.flags"])
+def test_supervised_baselines_sweep_standard_crop_and_flip(flagfile,
+                                                           monkeypatch):
+  """A.4's baseline is not held to the CPC patch augmentations: its sweeps
+  include the standard random crop + flip, which is nothing else."""
+  from cpc_tf.data import augment  # pylint: disable=g-import-not-at-top
+  from cpc_tf.train import baseline  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(ROOT)
+  config = parse_flags(eval_config.SupervisedConfig,
+                       f"--flagfile=flags/{flagfile}", "--model_dir=unused")
+  assert "crop_flip" in config.augment
+  assert baseline.augment_config(config, "crop_flip") == (
+      augment.AugmentConfig(flip=True))

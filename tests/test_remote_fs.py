@@ -193,7 +193,9 @@ def test_report_files(chain):
       chain["text"])
   with tf.io.gfile.GFile(f"{output_dir}/results.json") as f:
     summary = json.load(f)
-  assert summary["cpc_linear/1pct"]["top1"] == outcome["test"]["top1"]
+  entry = summary["cpc_linear/1pct"]  # One seed, 0.
+  assert (entry["seeds"]["0"]["top1"] == entry["mean"]["top1"] ==
+          outcome["test"]["top1"])
   with tf.io.gfile.GFile(f"{output_dir}/report.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with tf.io.gfile.GFile(f"{output_dir}/commands.sh") as f:

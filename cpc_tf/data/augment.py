@@ -2,35 +2,109 @@
 
 §4.1 removes low-level cues shared by neighbouring patches by augmenting
 each patch independently: CPC v1's spatial jitter, colour dropping ("RC" in
-Fig. 3) and "further patch-based augmentation" ("PA"): AutoAugment
+Fig. 3) and "further patch-based augmentation" ("PA"): AutoAugment's
 primitives (Cubuk et al.), elastic deformations and colour transforms.
 
-All patches of a batch are folded into one batch `[N, p, p, 3]` and every
-random parameter is drawn per patch. The Keras layers used here all draw
-their parameters per sample (checked in tests/test_augment.py); Keras's
-own `RandAugment` picks its operations once per batch and
-`RandomElasticTransform` draws one distortion strength per batch, so
-neither is used.
+All patches of a batch are folded into one batch `[N, p, p, 3]`; every
+random choice and parameter is drawn per patch. Each family applies to a
+patch with its own probability (our choice where the paper gives none:
+1.0, every patch, as §4.1 reads). The order, also ours, keeps each
+family's effect:
 
-The random draws of a batch are a function of (seed, batch index) alone
-(stateless), so a tf.data map may augment several batches in parallel.
+  spatial jitter -> 2 AutoAugment primitives -> elastic -> colour dropping
+  -> colour jitter
+
+Colour jitter comes after dropping, so a dropped patch keeps its jittered
+brightness, contrast, saturation and hue (before, dropping discarded most
+of it); dropping still removes the cross-channel cues, which jitter with
+its own per-patch draws cannot restore.
+
+The primitives are keras-cv layers where keras-cv has the op, Keras's
+where keras-cv's is not per patch (Posterization: one bit depth per
+layer) or missing (Invert); Equalize is written here (`Equalize`). The random draws of a batch are a function of
+(seed, batch index) alone (stateless), so a tf.data map may augment several
+batches in parallel and a resumed run augments as the original did.
 """
 
 import dataclasses
 
 import keras
+import keras_cv
 import tensorflow as tf
 
-# AutoAugment primitives each patch draws (two distinct ones, like
-# RandAugment's N=2), with magnitudes sampled per patch up to these.
+# AutoAugment's ImageNet primitives (Cubuk et al., Table 6) and their
+# magnitude ranges, scaled to a patch: translation and cutout sizes are
+# fractions of the patch side; enhancement factors 0.1..1.9 as PIL's.
 _SHEAR = 0.3
+_TRANSLATE = 0.3
 _ROTATE = 30 / 360  # Fraction of a full turn.
-_TRANSLATE = 0.3  # Fraction of the patch side.
+_ENHANCE = 0.9  # Factors 1 +- 0.9.
+_CUTOUT = (0.1, 0.4)
+# Primitives per augmented patch, two distinct ones as AutoAugment's
+# sub-policies (and RandAugment's N=2).
 _OPS_PER_PATCH = 2
 # Elastic deformation: a coarse grid of Gaussian displacements (std in
 # fractions of the patch side), smoothly upsampled to the patch.
 _ELASTIC_GRID = 3
 _ELASTIC_STD = 0.08
+FAMILIES = ("auto_augment", "elastic", "color_drop", "color_jitter")
+
+
+def primitive_layers():
+  """{AutoAugment primitive: its layer, float32 on [0, 1] images}."""
+  unit = dict(value_range=(0, 1), dtype="float32")
+  reflect = dict(fill_mode="reflect", dtype="float32")
+  cv = keras_cv.layers
+  return {
+      "shear_x": cv.RandomShear(x_factor=_SHEAR, **reflect),
+      "shear_y": cv.RandomShear(y_factor=_SHEAR, **reflect),
+      "translate_x": cv.RandomTranslation(0.0, _TRANSLATE, **reflect),
+      "translate_y": cv.RandomTranslation(_TRANSLATE, 0.0, **reflect),
+      "rotate": cv.RandomRotation(_ROTATE, **reflect),
+      "auto_contrast": cv.AutoContrast(**unit),
+      "invert": keras.layers.RandomInvert((1.0, 1.0), **unit),
+      "equalize": Equalize(),
+      # Threshold uniform over the whole range (in keras-cv's 0..255), as
+      # AutoAugment's.
+      "solarize": cv.Solarization(threshold_factor=(0, 255), **unit),
+      # 4..8 bits, as AutoAugment's (the upper bound is exclusive).
+      "posterize": keras.layers.RandomPosterization((4, 9), **unit),
+      "contrast": cv.RandomContrast(factor=_ENHANCE, **unit),
+      # keras-cv only desaturates (factor 0 is the identity, 1 gray).
+      "color": cv.RandomColorDegeneration(_ENHANCE, dtype="float32"),
+      "brightness": cv.RandomBrightness(_ENHANCE / 3, **unit),
+      # Blend towards keras-cv's smoothed patch: 0 is the identity.
+      "sharpness": cv.RandomSharpness(_ENHANCE, **unit),
+      "cutout": cv.RandomCutout(_CUTOUT, _CUTOUT, fill_value=0.5,
+                                dtype="float32"),
+  }
+
+
+class Equalize(keras.layers.Layer):
+  """Histogram equalization of each image and channel: a value becomes the
+  share of the other values below it, PIL's (and AutoAugment's) cumulative
+  histogram lookup without its 8-bit bins. Hand-written: keras-cv's
+  Equalization, like PIL's, leaves images of fewer than 256 pixels (an 8x8
+  patch) unchanged, its histogram step rounding to 0."""
+
+  def __init__(self, **kwargs):
+    super().__init__(dtype="float32", **kwargs)
+
+  def call(self, images):
+    shape = tf.shape(images)
+    pixels = shape[1] * shape[2]
+    # [n * channels, pixels]: one row per image and channel.
+    rows = tf.reshape(tf.transpose(images, [0, 3, 1, 2]), [-1, pixels])
+    ordered = tf.sort(rows, axis=-1)
+    below = tf.searchsorted(ordered, rows, side="left")
+    # PIL's lookup reaches 1 at the top value: divide by the pixels that
+    # are not at the top.
+    not_top = tf.searchsorted(ordered, ordered[:, -1:], side="left")
+    out = tf.where(not_top > 0,
+                   tf.cast(below, tf.float32) /
+                   tf.cast(tf.maximum(not_top, 1), tf.float32), rows)
+    return tf.transpose(tf.reshape(out, tf.gather(shape, [0, 3, 1, 2])),
+                        [0, 2, 3, 1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,17 +112,17 @@ class AugmentConfig:
   """Which augmentations to apply; all off (the identity) by default.
 
   Attributes:
-    color_drop: keep one of the three channels chosen at random per patch
-      and set the other two to 0.5 (mid-gray), "RC" in §4.1.
-    auto_augment: two AutoAugment primitives per patch, out of shear,
-      rotate, translate, contrast, auto-contrast, equalize, solarize,
-      posterize and sharpness.
-    elastic: a random smooth elastic deformation of every patch.
-    color_jitter: random brightness, contrast, saturation and hue per patch.
+    color_drop: keep one of the three channels chosen at random and set
+      the other two to 0.5 (mid-gray), "RC" in §4.1.
+    auto_augment: two distinct AutoAugment primitives, out of `
+      primitive_layers()`, chosen per patch.
+    elastic: a random smooth elastic deformation.
+    color_jitter: random brightness, contrast, saturation and hue.
     jitter: translate each patch by up to this many whole pixels (CPC v1's
       spatial jitter), reflecting at the borders; 0 is off.
     flip: random horizontal flip of the whole image, done by the pipeline
       before patches are cut (not per patch).
+    *_prob: the probability that a patch gets that family, when it is on.
   """
   color_drop: bool = False
   auto_augment: bool = False
@@ -56,6 +130,20 @@ class AugmentConfig:
   color_jitter: bool = False
   jitter: int = 0
   flip: bool = False
+  color_drop_prob: float = 1.0
+  auto_augment_prob: float = 1.0
+  elastic_prob: float = 1.0
+  color_jitter_prob: float = 1.0
+
+  def __post_init__(self):
+    for family in FAMILIES:
+      prob = getattr(self, f"{family}_prob")
+      if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"{family}_prob={prob}; allowed: 0 <= p <= 1")
+
+  def active(self, family):
+    """Whether `family` can change a patch: on, with probability > 0."""
+    return getattr(self, family) and getattr(self, f"{family}_prob") > 0
 
   @classmethod
   def from_config(cls, config):
@@ -75,8 +163,8 @@ class PatchAugmentation(keras.layers.Layer):
   """`[B, rows, cols, p, p, 3]` float in [0, 1] -> same shape and range.
 
   `layer(patches, training=True, batch_index=k)` augments each patch with
-  its own random parameters, drawn from (seed, k) alone: batch k is
-  augmented the same whatever ran before, so a resumed run matches the
+  its own random choices and parameters, drawn from (seed, k) alone: batch
+  k is augmented the same whatever ran before, so a resumed run matches the
   uninterrupted one and a tf.data map may run in parallel. With
   `training=False` (the default) or everything off it returns `patches`
   unchanged.
@@ -91,45 +179,29 @@ class PatchAugmentation(keras.layers.Layer):
     self.config = config
     self.patch_size = patch_size
     self.seed = seed or 0
-    # Only the Keras layers' parameter distributions and transforms are
-    # used: their draws take seeds from `_SeedStream`s, not their own state.
-    unit = dict(value_range=(0, 1), dtype="float32")
-    geometry = dict(fill_mode="reflect", dtype="float32")
     # Nearest interpolation: whole-pixel shifts without resampling blur (a
     # crop + resize would also rescale); reflection adds no border.
     shift = config.jitter / patch_size
     self.jitter_layer = keras.layers.RandomTranslation(
-        shift, shift, interpolation="nearest", **geometry
-    ) if config.jitter else None
-    self.auto_augment_layers = [
-        keras.layers.RandomShear(_SHEAR, _SHEAR, **geometry),
-        keras.layers.RandomRotation(_ROTATE, **geometry),
-        keras.layers.RandomTranslation(_TRANSLATE, _TRANSLATE, **geometry),
-        keras.layers.RandomContrast(0.5, **unit),
-        keras.layers.AutoContrast(**unit),
-        keras.layers.Equalization(**unit),
-        # Threshold uniform over the whole range, as AutoAugment's.
-        keras.layers.Solarization(threshold_factor=1.0, **unit),
-        keras.layers.RandomPosterization((4, 8), **unit),
-        keras.layers.RandomSharpness((0.1, 0.9), **unit),
-    ] if config.auto_augment else []
+        shift, shift, interpolation="nearest", fill_mode="reflect",
+        dtype="float32") if config.jitter else None
+    self.primitives = primitive_layers() if config.auto_augment else {}
     self.color_jitter_layer = keras.layers.RandomColorJitter(
         brightness_factor=0.2, contrast_factor=0.3,
-        saturation_factor=(1 / 3, 2 / 3), hue_factor=0.2, **unit
-    ) if config.color_jitter else None
+        saturation_factor=(1 / 3, 2 / 3), hue_factor=0.2, value_range=(0, 1),
+        dtype="float32") if config.color_jitter else None
 
   def build(self, input_shape):
     folded = (None, self.patch_size, self.patch_size, 3)
-    for layer in [self.jitter_layer, *self.auto_augment_layers,
+    for layer in [self.jitter_layer, *self.primitives.values(),
                   self.color_jitter_layer]:
       if layer is not None:
         layer.build(folded)
 
   def call(self, patches, training=False, batch_index=0):
     config = self.config
-    if not training or not (config.jitter or config.auto_augment or
-                            config.elastic or config.color_jitter or
-                            config.color_drop):
+    families = [f for f in FAMILIES if config.active(f)]
+    if not training or not (config.jitter or families):
       return patches
     if patches.shape[-2] != self.patch_size:
       raise ValueError(f"patches of size {patches.shape[-2]}; this layer "
@@ -145,33 +217,55 @@ class PatchAugmentation(keras.layers.Layer):
     own = stream(0)
     shape = tf.shape(patches)
     x = tf.reshape(patches, [-1, self.patch_size, self.patch_size, 3])
+    n = tf.shape(x)[0]
+
+    def chosen(family):
+      """Per patch: does it get `family` (drawn with its probability)?"""
+      return keras.random.uniform([n], seed=own) < getattr(
+          config, f"{family}_prob")
+
     if config.jitter:
       x = _run(self.jitter_layer, x, stream(1))
-    if config.auto_augment:
-      x = self._auto_augment(x, own, [stream(3 + i) for i in range(
-          len(self.auto_augment_layers))])
-    if config.elastic:
-      x = self._elastic(x, own)
-    if config.color_jitter:
-      x = self._color_jitter(x, stream(2))
-    if config.color_drop:
-      x = self._color_drop(x, own)
+    if config.active("auto_augment"):
+      x = self._auto_augment(x, own, chosen("auto_augment"), stream)
+    if config.active("elastic"):
+      x = _apply_to(lambda images: self._elastic(images, own), x,
+                    chosen("elastic"))
+    if config.active("color_drop"):
+      x = self._color_drop(x, own, chosen("color_drop"))
+    if config.active("color_jitter"):
+      x = _apply_to(lambda images: self._color_jitter(images, stream(2)), x,
+                    chosen("color_jitter"))
     return tf.reshape(tf.clip_by_value(x, 0.0, 1.0), shape)
 
-  def _auto_augment(self, x, own, streams):
-    """Applies `_OPS_PER_PATCH` distinct primitives, drawn per patch.
+  def apply_primitive(self, name, images, seed):
+    """AutoAugment primitive `name` on every image of `[n, p, p, 3]`, its
+    parameters drawn per image from the `_SeedStream` `seed`."""
+    layer = self.primitives[name]
+    if isinstance(layer, Equalize):
+      return layer(images)
+    if isinstance(layer, keras_cv.layers.VectorizedBaseImageAugmentationLayer):
+      return _run_keras_cv(layer, images, seed)
+    return _run(layer, images, seed)
 
-    Each primitive runs only on the patches that drew it (3x faster than
-    running all of them on every patch and selecting).
+  def _auto_augment(self, x, own, augmented, stream):
+    """On the `augmented` patches, `_OPS_PER_PATCH` distinct primitives
+    drawn per patch; each primitive runs only on the patches that drew it.
+
+    The choice is hand-written: keras-cv's RandomAugmentationPipeline makes
+    it per patch too, but maps over the patches one at a time and draws
+    from a stateful generator (16x slower on a batch of 1,568 8x8 patches,
+    and not reproducible in a parallel map).
     """
-    num_ops = len(self.auto_augment_layers)
-    scores = keras.random.uniform([tf.shape(x)[0], num_ops], seed=own)
+    names = list(self.primitives)
+    scores = keras.random.uniform([tf.shape(x)[0], len(names)], seed=own)
     picked = tf.reduce_any(tf.one_hot(
-        tf.math.top_k(scores, _OPS_PER_PATCH).indices, num_ops,
-        on_value=True, off_value=False), axis=1)
-    for i, (op, seed) in enumerate(zip(self.auto_augment_layers, streams)):
-      x = _apply_to(lambda images, op=op, seed=seed: _run(op, images, seed),
-                    x, picked[:, i])
+        tf.math.top_k(scores, _OPS_PER_PATCH).indices, len(names),
+        on_value=True, off_value=False), axis=1) & augmented[:, None]
+    for i, name in enumerate(names):
+      x = _apply_to(
+          lambda images, name=name, seed=stream(3 + i): self.apply_primitive(
+              name, images, seed), x, picked[:, i])
     return x
 
   def _elastic(self, x, own):
@@ -235,10 +329,12 @@ class PatchAugmentation(keras.layers.Layer):
     return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, s, v], -1)),
                             0.0, 1.0)
 
-  def _color_drop(self, x, own):
-    """Keeps one random channel per patch, the others mid-gray (0.5)."""
+  def _color_drop(self, x, own, dropped):
+    """On the `dropped` patches, keeps one random channel, the others
+    mid-gray (0.5)."""
     keep = keras.random.randint([tf.shape(x)[0]], 0, 3, seed=own)
-    mask = tf.one_hot(keep, 3, on_value=True, off_value=False)
+    mask = tf.one_hot(keep, 3, on_value=True, off_value=False) | (
+        ~dropped[:, None])
     return tf.where(mask[:, None, None, :], x, 0.5)
 
 
@@ -261,6 +357,53 @@ class _SeedStream(keras.random.SeedGenerator):
     return self.start + tf.constant([0, self.draws - 1], tf.int64)
 
 
+class _StatelessDraws:
+  """A keras-cv layer's random sources, drawn from a `_SeedStream`.
+
+  keras-cv's layers draw from a stateful tf.random.Generator and
+  op-seeded FactorSamplers, which a parallel tf.data map cannot reproduce;
+  `_run_keras_cv` swaps in these for one call: the same distributions,
+  seeds from (seed, batch index).
+  """
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def uniform(self, shape, minval=0.0, maxval=None, dtype=tf.float32):
+    return tf.random.stateless_uniform(shape, self.stream.next(), minval,
+                                       maxval, dtype)
+
+  def sampler(self, lower, upper):
+    draws = self
+
+    class Uniform(keras_cv.core.FactorSampler):
+
+      def __call__(self, shape=(), dtype="float32"):
+        return draws.uniform(shape, lower, upper, dtype)
+
+    return Uniform()
+
+
+def _run_keras_cv(layer, images, seed):
+  """A keras-cv layer's transform of `images`, its parameters per image from
+  the `_SeedStream` `seed` (its own random sources restored after)."""
+  draws = _StatelessDraws(seed)
+  swapped = {"_random_generator": draws}
+  for name, value in vars(layer).items():
+    if isinstance(value, keras_cv.core.UniformFactorSampler):
+      swapped[name] = draws.sampler(value.lower, value.upper)
+  saved = {name: vars(layer)[name] for name in swapped}
+  try:
+    for name, value in swapped.items():
+      object.__setattr__(layer, name, value)
+    transformation = layer.get_random_transformation_batch(
+        tf.shape(images)[0], images=images)
+    return layer.augment_images(images, transformation)
+  finally:
+    for name, value in saved.items():
+      object.__setattr__(layer, name, value)
+
+
 def _run(layer, images, seed):
   """`layer(images, training=True)` for a Keras preprocessing layer, its
   random parameters drawn from the SeedGenerator `seed`."""
@@ -272,7 +415,7 @@ def _run(layer, images, seed):
 def _apply_to(fn, images, mask):
   """Applies `fn` to the images where `mask` is true, keeps the others."""
   chosen = tf.where(mask)
-  # Skipped when empty: keras.layers.Equalization fails on 0 images.
+  # Skipped when empty: some keras-cv layers fail on 0 images.
   return tf.cond(
       tf.size(chosen) > 0,
       lambda: tf.tensor_scatter_nd_update(

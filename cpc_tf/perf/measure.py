@@ -27,7 +27,8 @@ _GEOMETRY_FIELDS = (
     "image_size", "patch_size", "patch_stride", "directions",
     "steps_to_ignore", "steps_to_predict", "learning_rate", "warmup_steps",
     "color_drop", "auto_augment", "color_jitter", "elastic", "jitter", "flip",
-    "cache_images")
+    "color_drop_prob", "auto_augment_prob", "elastic_prob",
+    "color_jitter_prob", "cache_images")
 
 
 def geometries():
@@ -145,6 +146,7 @@ def measure_pipeline(dataset="data/cifar10_demo", batch_size=32, batches=20,
   per CPU-second of this process: the rate per busy core, which other
   processes on the same cores change less than the wall-clock rate."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from cpc_tf.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
   from cpc_tf.data import sources  # pylint: disable=g-import-not-at-top
   from cpc_tf.train import pretraining  # pylint: disable=g-import-not-at-top
   spec = TrainSpec(batch_size=batch_size, dataset=dataset, geometry=geometry)
@@ -176,9 +178,8 @@ def measure_pipeline(dataset="data/cifar10_demo", batch_size=32, batches=20,
           "cpu_seconds_per_batch": cpu,
           "images_per_cpu_second": batch_size / cpu["median"],
           "cores_busy": cpu["median"] / stats["median"],
-          "augment": {k: getattr(config, k) for k in (
-              "color_drop", "auto_augment", "elastic", "color_jitter",
-              "jitter", "flip")}}
+          "augment": dataclasses.asdict(
+              augment_lib.AugmentConfig.from_config(config))}
 
 
 def measure_train(spec):

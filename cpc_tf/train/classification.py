@@ -90,7 +90,7 @@ def _eval_batches(config, dataset, geometry):
 
 
 def fit(config, *, strategy, model_dir, model, logits_fn, optimizer, data,
-        geometry, augment, batch_size):
+        geometry, augment, batch_size, start_is_candidate=False):
   """Trains `model` on `data.train`, validating at every checkpoint step,
   and leaves the best validated weights in it.
 
@@ -106,6 +106,9 @@ def fit(config, *, strategy, model_dir, model, logits_fn, optimizer, data,
     geometry: the `Geometry` of the model's inputs.
     augment: `augment.AugmentConfig` of the training inputs.
     batch_size: global training batch size.
+    start_is_candidate: also validate the starting weights (step 0), so
+      that training which never beats them selects them (fine-tuning: the
+      fixed solution it starts from).
 
   Returns:
     {"validation": {"top1"} of the selected weights, "best_step",
@@ -146,6 +149,8 @@ def fit(config, *, strategy, model_dir, model, logits_fn, optimizer, data,
       writer=strategy_lib.summary_writer(
           strategy, os.path.join(model_dir, "validation")))
   step = trainer.restore()
+  if start_is_candidate and step == 0 and best.best_step is None:
+    best(0)
   if step < config.train_steps and not best.should_stop(step):
     trainer.train()
     if trainer.preempted_at is not None:

@@ -4,7 +4,9 @@ linear     A.3: frozen f_theta, `heads.LinearHead`, Adam.
 efficient  §2.2: frozen f_theta, the 11-block `heads.ResNetHead`.
 finetune   §2.2: f_theta and the ResNet head start from the efficient
            solution (theta*, psi*) and are trained together, the encoder
-           at a smaller learning rate, with early stopping on validation.
+           at a smaller learning rate, with early stopping on validation;
+           the starting point is validated too, so fine-tuning never ends
+           below the fixed solution on validation.
 
 Training inputs get the pretraining run's augmentation (per patch), test
 inputs a single central crop. With `random_init` the encoder is the same
@@ -116,7 +118,8 @@ def _run(config, strategy, data):
       logits_fn=logits_fn, optimizer=optimizer, data=data,
       geometry=geometry,
       augment=augment_lib.AugmentConfig.from_config(pretrain_config),
-      batch_size=config.batch_size)
+      batch_size=config.batch_size,
+      start_is_candidate=config.protocol == "finetune")
   outcome["test"] = classification.test(
       config, logits_fn=logits_fn, data=data, geometry=geometry,
       writer=strategy_lib.summary_writer(strategy, config.model_dir),

@@ -181,9 +181,14 @@ def test_geometric_changes_only_move_pixels(config):
   assert changed(run(layer, patches), patches) > 0.8
 
 
-def test_same_seed_same_output_other_seed_differs():
+@pytest.mark.parametrize("config", [
+    augment.AugmentConfig.paper(P),
+    augment.AugmentConfig(
+        color_drop=True, auto_augment=True, elastic=True, color_jitter=True,
+        jitter=1, color_drop_prob=0.5, auto_augment_prob=0.5,
+        elastic_prob=0.5, color_jitter_prob=0.5)], ids=["paper", "prob_0.5"])
+def test_same_seed_same_output_other_seed_differs(config):
   patches = tiled(batch=1)
-  config = augment.AugmentConfig.paper(P)
   first = run(augment.PatchAugmentation(config, P, seed=5), patches)
   again = run(augment.PatchAugmentation(config, P, seed=5), patches)
   other = run(augment.PatchAugmentation(config, P, seed=6), patches)
@@ -553,19 +558,6 @@ def test_color_drop_probability_drops_about_that_share():
   assert 0.4 < (gray == 2).mean() < 0.6
   kept = gray == 0
   np.testing.assert_array_equal(out[kept], patches[kept])
-
-
-def test_probabilities_below_1_are_reproducible():
-  patches = tiled(batch=1)
-  config = augment.AugmentConfig(
-      color_drop=True, auto_augment=True, elastic=True, color_jitter=True,
-      jitter=1, color_drop_prob=0.5, auto_augment_prob=0.5, elastic_prob=0.5,
-      color_jitter_prob=0.5)
-  first = run(augment.PatchAugmentation(config, P, seed=5), patches)
-  again = run(augment.PatchAugmentation(config, P, seed=5), patches)
-  other = run(augment.PatchAugmentation(config, P, seed=6), patches)
-  np.testing.assert_array_equal(first, again)
-  assert not np.array_equal(first, other)
 
 
 def test_color_jitter_comes_after_color_drop():

@@ -40,13 +40,18 @@ class WriteMetrics:
   """Orbit eval action: {"step": ..., <metric>: value} of every evaluation
   so far, one JSON line each (scalars only; NaN for an undefined AP).
 
-  The file is rewritten whole each time (tf.io.gfile: GCS has no append).
+  The file is rewritten whole each time, through a temporary file and a
+  rename (tf.io.gfile: GCS has no append, and a "w" handle on some
+  filesystems appends); a resumed run keeps the lines already there.
   """
 
   def __init__(self, path, global_step):
     self._path = path
     self._global_step = global_step
     self._lines = []
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        self._lines = f.read().splitlines()
 
   def __call__(self, output):
     record = {"step": int(self._global_step.numpy())}
@@ -55,8 +60,10 @@ class WriteMetrics:
       if value.ndim == 0 and np.issubdtype(value.dtype, np.number):
         record[name] = value.item()
     self._lines.append(json.dumps(record))
-    with tf.io.gfile.GFile(self._path, "w") as f:
+    partial = self._path + ".partial"
+    with tf.io.gfile.GFile(partial, "w") as f:
       f.write("\n".join(self._lines) + "\n")
+    tf.io.gfile.rename(partial, self._path, overwrite=True)
 
 
 def parse_params(flags_obj, encoder=None):

@@ -469,3 +469,25 @@ def test_train_and_eval_reports_voc07_map(subset_records, encoder_export,
   trained = model.backbone.encoder.encoder_trainable_variables
   assert any(not np.allclose(a.numpy(), b.numpy())
              for a, b in zip(exported, trained))
+
+
+@pytest.mark.parametrize("root", ["local", "ram://detection_metrics"])
+def test_metrics_file_holds_every_evaluation_and_survives_a_resume(tmp_path,
+                                                                    root):
+  """One JSON line per evaluation, on a local disk and on a TensorFlow
+  filesystem where a "w" handle appends (ram://, as gs:// stands in here);
+  a resumed run's writer keeps the earlier lines."""
+  path = os.path.join(str(tmp_path) if root == "local" else root,
+                      train.METRICS_FILE)
+  step = tf.Variable(0, dtype=tf.int64)
+  write = train.WriteMetrics(path, step)
+  for value in (0.25, 0.5):
+    step.assign_add(10)
+    write({"AP50": np.float32(value), "per_class": np.zeros(3)})
+  step.assign_add(10)
+  train.WriteMetrics(path, step)({"AP50": np.float32(0.75)})
+  with tf.io.gfile.GFile(path) as f:
+    records = [json.loads(line) for line in f.read().splitlines()]
+  assert records == [{"step": 10, "AP50": 0.25}, {"step": 20, "AP50": 0.5},
+                     {"step": 30, "AP50": 0.75}]
+  assert not tf.io.gfile.exists(path + ".partial")

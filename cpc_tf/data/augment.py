@@ -21,9 +21,10 @@ its own per-patch draws cannot restore.
 
 The primitives are keras-cv layers where keras-cv has the op, Keras's
 where keras-cv's is not per patch (Posterization: one bit depth per
-layer) or missing (Invert); Equalize is written here (`Equalize`). The random draws of a batch are a function of
-(seed, batch index) alone (stateless), so a tf.data map may augment several
-batches in parallel and a resumed run augments as the original did.
+layer) or missing (Invert); `Equalize` is written here. The random draws
+of a batch are a function of (seed, batch index) alone (stateless), so a
+tf.data map may augment several batches in parallel and a resumed run
+augments as the original did.
 """
 
 import dataclasses
@@ -72,6 +73,7 @@ def primitive_layers():
       "contrast": cv.RandomContrast(factor=_ENHANCE, **unit),
       # keras-cv only desaturates (factor 0 is the identity, 1 gray).
       "color": cv.RandomColorDegeneration(_ENHANCE, dtype="float32"),
+      # keras-cv adds a shift (here up to +-0.3) instead of PIL's factor.
       "brightness": cv.RandomBrightness(_ENHANCE / 3, **unit),
       # Blend towards keras-cv's smoothed patch: 0 is the identity.
       "sharpness": cv.RandomSharpness(_ENHANCE, **unit),

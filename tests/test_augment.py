@@ -385,14 +385,19 @@ def test_brightness_adds_one_delta_per_image(primitive):
 
 
 def test_color_blends_towards_grayscale(primitive):
-  x = uniform()
+  """AutoAugment's Color: PIL's enhancement 1 - f in [0.1, 1.9], i.e. a
+  blend towards the grayscale patch by f in [-0.9, 0.9], clipped."""
+  x = uniform(low=0.25, high=0.75)
   out = primitive("color", x)
   gray = np.repeat(x @ np.float32([0.2989, 0.5870, 0.1140])[:, None], 3, -1)
-  factors = fitted_factor(out, x, gray)
+  inside = (out > 0) & (out < 1)
+  factors = fitted_factor(np.where(inside, out, x), np.where(inside, x, x),
+                          np.where(inside, gray, x))
   np.testing.assert_allclose(
-      out, x + factors[:, None, None, None] * (gray - x), atol=1e-5)
-  assert factors.min() >= -1e-4 and factors.max() <= 0.9 + 1e-4
-  assert factors.min() < 0.2 and factors.max() > 0.7
+      out, np.clip(x + factors[:, None, None, None] * (gray - x), 0, 1),
+      atol=1e-5)
+  assert factors.min() >= -0.9 - 1e-4 and factors.max() <= 0.9 + 1e-4
+  assert factors.min() < -0.5 and factors.max() > 0.5
 
 
 def test_sharpness_blends_inside_towards_a_3x3_smoothing(primitive):

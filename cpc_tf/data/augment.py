@@ -21,7 +21,8 @@ its own per-patch draws cannot restore.
 
 The primitives are keras-cv layers where keras-cv has the op, Keras's
 where keras-cv's is not per patch (Posterization: one bit depth per
-layer) or missing (Invert); `Equalize` is written here. The random draws
+layer), ignores its seed (Color) or is missing (Invert); `Equalize` is
+written here. The random draws
 of a batch are a function of (seed, batch index) alone (stateless), so a
 tf.data map may augment several batches in parallel and a resumed run
 augments as the original did.
@@ -53,8 +54,11 @@ FAMILIES = ("auto_augment", "elastic", "color_drop", "color_jitter")
 
 def primitive_layers():
   """{AutoAugment primitive: its layer, float32 on [0, 1] images}."""
-  unit = dict(value_range=(0, 1), dtype="float32")
-  reflect = dict(fill_mode="reflect", dtype="float32")
+  # The seed is never drawn from (`_run_keras_cv` swaps in stateless draws);
+  # without one keras-cv takes TensorFlow's global generator, which
+  # --deterministic (op determinism) forbids.
+  unit = dict(value_range=(0, 1), dtype="float32", seed=1)
+  reflect = dict(fill_mode="reflect", dtype="float32", seed=1)
   cv = keras_cv.layers
   return {
       "shear_x": cv.RandomShear(x_factor=_SHEAR, **reflect),
@@ -71,14 +75,16 @@ def primitive_layers():
       # 4..8 bits, as AutoAugment's (the upper bound is exclusive).
       "posterize": keras.layers.RandomPosterization((4, 9), **unit),
       "contrast": cv.RandomContrast(factor=_ENHANCE, **unit),
-      # keras-cv only desaturates (factor 0 is the identity, 1 gray).
-      "color": cv.RandomColorDegeneration(_ENHANCE, dtype="float32"),
+      # Blends towards gray by f in [-0.9, 0.9], i.e. PIL's Color factor
+      # 1 - f in [0.1, 1.9]. Keras's: keras-cv's ignores its seed and takes
+      # the global generator.
+      "color": keras.layers.RandomColorDegeneration(_ENHANCE, **unit),
       # keras-cv adds a shift (here up to +-0.3) instead of PIL's factor.
       "brightness": cv.RandomBrightness(_ENHANCE / 3, **unit),
       # Blend towards keras-cv's smoothed patch: 0 is the identity.
       "sharpness": cv.RandomSharpness(_ENHANCE, **unit),
       "cutout": cv.RandomCutout(_CUTOUT, _CUTOUT, fill_value=0.5,
-                                dtype="float32"),
+                                dtype="float32", seed=1),
   }
 
 

@@ -182,13 +182,18 @@ def collect(sweep_dir, methods, fractions, eval_seeds=(0,)):
       if runs:
         found[method, fraction] = runs
   for fraction in fractions:
-    runs = [r for (_, f), by_seed in found.items() if f == fraction
-            for r in by_seed.values()]
+    runs = _runs_at(found, fraction)
     for key in _SAME_DATA:
       if len({r[key] for r in runs}) > 1:
         raise ValueError(f"{100 * fraction:g}% runs disagree on {key}: "
                          f"{sorted({r[key] for r in runs})}")
   return found
+
+
+def _runs_at(found, fraction):
+  """The results of every method and seed `collect` found at `fraction`."""
+  return [r for (_, f), by_seed in found.items() if f == fraction
+          for r in by_seed.values()]
 
 
 def mean_std(runs, metric):
@@ -280,8 +285,7 @@ def markdown(found, methods, fractions, commands, title, eval_seeds=(0,)):
             "| --- |" + " --- |" * len(pct)]
   sizes = []
   for f in fractions:
-    runs = [r for (_, g), by_seed in found.items() if g == f
-            for r in by_seed.values()]
+    runs = _runs_at(found, f)
     sizes.append(f"{runs[0]['num_train']} train / {runs[0]['num_validation']}"
                  f" val / {runs[0]['num_test']} test" if runs else "—")
   lines.append("| images | " + " | ".join(sizes) + " |")

@@ -22,10 +22,9 @@ its own per-patch draws cannot restore.
 The primitives are keras-cv layers where keras-cv has the op, Keras's
 where keras-cv's is not per patch (Posterization: one bit depth per
 layer), ignores its seed (Color) or is missing (Invert); `Equalize` is
-written here. The random draws
-of a batch are a function of (seed, batch index) alone (stateless), so a
-tf.data map may augment several batches in parallel and a resumed run
-augments as the original did.
+written here. The random draws of a batch are a function of (seed, batch
+index) alone (stateless), so a tf.data map may augment several batches in
+parallel and a resumed run augments as the original did.
 """
 
 import dataclasses
@@ -208,8 +207,8 @@ class PatchAugmentation(keras.layers.Layer):
 
   def call(self, patches, training=False, batch_index=0):
     config = self.config
-    families = [f for f in FAMILIES if config.active(f)]
-    if not training or not (config.jitter or families):
+    if not training or not (config.jitter or any(
+        config.active(f) for f in FAMILIES)):
       return patches
     if patches.shape[-2] != self.patch_size:
       raise ValueError(f"patches of size {patches.shape[-2]}; this layer "
@@ -381,15 +380,15 @@ class _StatelessDraws:
     return tf.random.stateless_uniform(shape, self.stream.next(), minval,
                                        maxval, dtype)
 
-  def sampler(self, lower, upper):
-    draws = self
 
-    class Uniform(keras_cv.core.FactorSampler):
+class _StatelessUniform(keras_cv.core.FactorSampler):
+  """A keras-cv UniformFactorSampler's range, drawn from `_StatelessDraws`."""
 
-      def __call__(self, shape=(), dtype="float32"):
-        return draws.uniform(shape, lower, upper, dtype)
+  def __init__(self, draws, lower, upper):
+    self.draws, self.lower, self.upper = draws, lower, upper
 
-    return Uniform()
+  def __call__(self, shape=(), dtype="float32"):
+    return self.draws.uniform(shape, self.lower, self.upper, dtype)
 
 
 def _run_keras_cv(layer, images, seed):
@@ -399,7 +398,7 @@ def _run_keras_cv(layer, images, seed):
   swapped = {"_random_generator": draws}
   for name, value in vars(layer).items():
     if isinstance(value, keras_cv.core.UniformFactorSampler):
-      swapped[name] = draws.sampler(value.lower, value.upper)
+      swapped[name] = _StatelessUniform(draws, value.lower, value.upper)
   saved = {name: vars(layer)[name] for name in swapped}
   try:
     for name, value in swapped.items():

@@ -13,6 +13,7 @@ import resource
 import tempfile
 import time
 
+from cpc_tf import config as config_lib
 from cpc_tf.perf import machine
 
 MATMUL_SIZES = (1024, 2048, 4096)
@@ -22,13 +23,12 @@ OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 DEMO_FLAGS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))), "flags", "demo_cpu.flags")
 # What a geometry sets of a PretrainConfig: patches, directions, the
-# schedule's start and the augmentation.
+# schedule's start, caching and the augmentation (every AugmentFields field).
 _GEOMETRY_FIELDS = (
     "image_size", "patch_size", "patch_stride", "directions",
     "steps_to_ignore", "steps_to_predict", "learning_rate", "warmup_steps",
-    "color_drop", "auto_augment", "color_jitter", "elastic", "jitter", "flip",
-    "color_drop_prob", "auto_augment_prob", "elastic_prob",
-    "color_jitter_prob", "cache_images")
+    "cache_images", *(f.name for f in dataclasses.fields(
+        config_lib.AugmentFields)))
 
 
 def geometries():
@@ -37,7 +37,6 @@ def geometries():
   is it on 80x80 images (32x32 patches, stride 16); "paper" the paper's
   240/80/32 with every augmentation, decoded every epoch as ImageNet is."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from cpc_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   from cpc_tf import flag_utils  # pylint: disable=g-import-not-at-top
   values = flags.FlagValues()
   flag_utils.define_flags(config_lib.PretrainConfig, values)
@@ -130,7 +129,6 @@ def measure_numpy_peak(sizes=MATMUL_SIZES, repeats=5):
 
 
 def pretrain_config(spec, model_dir):
-  from cpc_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   geometry = geometries()[spec.geometry]
   return config_lib.PretrainConfig(
       model_dir=model_dir, dataset=spec.dataset, architecture=spec.preset,

@@ -71,6 +71,8 @@ class ReportConfig:
   label_fractions: tuple = field((0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
                                  "Label fractions in (0, 1] (paper: 1% to "
                                  "100%).")
+  linear_fractions: tuple = field((1.0,), "Label fractions of the linear "
+                                  "methods (A.3: 100%).")
   eval_seeds: tuple = field((0,), "Seeds of every run (--seed of "
                             "cpc_tf.evaluate / cpc_tf.supervised); the table "
                             "gives mean ± std over them.")
@@ -95,14 +97,21 @@ class ReportConfig:
             "finetune": self.finetune_flagfile,
             "supervised": self.supervised_flagfile}
 
+  @property
+  def fractions(self):
+    """Every label fraction of the sweep, ascending: the table's columns."""
+    return tuple(sorted(set(self.label_fractions) |
+                        set(self.linear_fractions)))
+
   def validate(self):
     """Raises ValueError naming the first bad value and what is allowed."""
     flag_utils.check_required(self, ("sweep_dir", "output_dir"))
     flag_utils.check_choices(self)
-    if not all(0 < f <= 1 for f in self.label_fractions):
-      given = ",".join(f"{f:g}" for f in self.label_fractions)
-      raise ValueError(f"--label_fractions={given}; allowed: numbers with "
-                       "0 < fraction <= 1")
+    for name in ("label_fractions", "linear_fractions"):
+      given = getattr(self, name)
+      if not all(0 < f <= 1 for f in given):
+        raise ValueError(f"--{name}={','.join(f'{f:g}' for f in given)}; "
+                         "allowed: numbers with 0 < fraction <= 1")
     seeds = self.eval_seeds
     if min(seeds) < 0 or len(set(seeds)) < len(seeds):
       raise ValueError(f"--eval_seeds={','.join(map(str, seeds))}; allowed: "
@@ -152,19 +161,23 @@ def command(method, fraction, sweep_dir, encoder, flagfiles, seed=None):
   return args
 
 
-def plan(methods, fractions, eval_seeds=(0,)):
+def plan(methods, fractions, eval_seeds=(0,), linear_fractions=()):
   """(method, fraction, seed) in run order, seeds as `run_seeds` gives
   them: one seed's whole sweep before the next seed's (an interrupted sweep
   has a full table first), by fraction, and an efficient run (added if
-  missing) before the fine-tuning that starts from it."""
+  missing) before the fine-tuning that starts from it. The linear methods
+  run at `linear_fractions` if given, the others at `fractions`."""
   needed = set(methods)
   for m in methods:
     if m.endswith("finetune"):
       needed.add(m.replace("finetune", "efficient"))
   order = sorted(needed, key=lambda m: (m.endswith("finetune"),
                                         list(METHODS).index(m)))
-  return [(m, f, s) for s in run_seeds(eval_seeds) for f in fractions
-          for m in order]
+  at = {m: linear_fractions if m.endswith("linear") and linear_fractions
+        else fractions for m in order}
+  every = sorted(set(fractions) | set(linear_fractions))
+  return [(m, f, s) for s in run_seeds(eval_seeds) for f in every
+          for m in order if f in at[m]]
 
 
 def collect(sweep_dir, methods, fractions, eval_seeds=(0,)):
@@ -387,7 +400,7 @@ def run_sweep(config):
   commands = [command(m, f, config.sweep_dir, config.encoder,
                       config.flagfiles, s)
               for m, f, s in plan(config.methods, config.label_fractions,
-                                  config.eval_seeds)]
+                                  config.eval_seeds, config.linear_fractions)]
   write_commands(config.output_dir, commands)
   if config.run:
     for args in commands:
@@ -396,7 +409,7 @@ def run_sweep(config):
         sys.exit(f"error: a run failed; fix it and rerun to resume:\n"
                  f"{_shell([args])}")
   return write_report(config.sweep_dir, config.output_dir, config.methods,
-                      config.label_fractions, commands, config.title,
+                      config.fractions, commands, config.title,
                       config.plot_metric, config.eval_seeds)
 
 

@@ -467,6 +467,15 @@ def test_report_runs_one_dir_per_seed():
       ("cpc_efficient", 0.1, 0), ("cpc_finetune", 0.1, 0),
       ("cpc_efficient", 0.01, 3), ("cpc_finetune", 0.01, 3),
       ("cpc_efficient", 0.1, 3), ("cpc_finetune", 0.1, 3)]
+  # The linear methods at their own fractions (A.3: 100%), the others not.
+  assert report.plan(["cpc_linear", "cpc_efficient"], [0.01, 0.1], (0,),
+                     [0.1, 1.0]) == [
+      ("cpc_efficient", 0.01, None), ("cpc_linear", 0.1, None),
+      ("cpc_efficient", 0.1, None), ("cpc_linear", 1.0, None)]
+  config = report.ReportConfig(sweep_dir="s", output_dir="o",
+                               label_fractions=(0.1, 0.01),
+                               linear_fractions=(1.0, 0.1))
+  assert config.fractions == (0.01, 0.1, 1.0)  # The table's columns.
 
 
 def test_report_collects_every_seed_and_shows_mean_and_std(tmp_path,

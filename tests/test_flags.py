@@ -101,6 +101,8 @@ def test_a_bad_flag_stops_the_binary_in_one_line(tmp_path):
      "allowed: numbers with 0 < fraction <= 1"),
     (["--label_fractions=0.01,all"], "error: --label_fractions=0.01,all; "
      "expected comma-separated float values"),
+    (["--linear_fractions=0.1,0"], "error: --linear_fractions=0.1,0; "
+     "allowed: numbers with 0 < fraction <= 1"),
     (["--methods=cpc_efficient,cpc_best"], "error: --methods='cpc_best'; "
      "allowed: cpc_linear, "),
     (["--methods=supervised"], "error: --supervised_flagfile is required "

@@ -7,7 +7,9 @@ Measures, and writes as JSON (--output_json) and a Markdown table
 (--output_md):
 
   * machine: CPU, cores, ISA (AVX2 / AVX-512 / AMX flags: the same CPU
-    name comes with and without AVX-512), thread settings, oneDNN;
+    name comes with and without AVX-512), thread settings, oneDNN; with
+    --isa_limit=avx2, an AVX-512 CPU runs oneDNN's and OpenBLAS's AVX2
+    kernels, as an AVX2-only machine would;
   * peak: the attainable matmul rate of this machine, a large float32 (and
     bfloat16) `tf.matmul`, best size, FLOP/s; and numpy's BLAS sgemm
     (without OpenBLAS core pins), the best other matmul at hand;
@@ -107,12 +109,21 @@ class BenchmarkConfig:
                       "resnet161, no XLA.")
   isolate: bool = field(True, "One subprocess per measurement (own peak "
                         "RSS); --noisolate runs all in this process.")
+  isa_limit: str = field(
+      "none", "avx2: measure as an AVX2-only CPU would run, on a CPU with "
+      "AVX-512: oneDNN's kernels limited to AVX2 (ONEDNN_MAX_CPU_ISA) and "
+      "OpenBLAS's to Haswell (OPENBLAS_CORETYPE) in every measurement's "
+      "process; caches, memory and the OS stay this machine's.",
+      ("none", *measure.ISA_LIMITS))
 
   def validate(self):
     flag_utils.check_positive(self, ("paper_batch_size", "batch_size",
                                      "steps_per_loop", "repeats"))
     flag_utils.check_positive(self, ("learn_steps", "resnet161_min_free_gb"),
                               allow_zero=True)
+    if self.isa_limit != "none" and not self.isolate:
+      raise ValueError(f"--isa_limit={self.isa_limit} needs --isolate: the "
+                       "limit applies to processes started after it is set")
     for extra in self.extra:
       preset, _, size = extra.partition("@")
       if not preset or not (size == "small" or size.isdigit()):
@@ -133,11 +144,13 @@ def run_all(config):
   learn = 4 if quick else config.learn_steps
   isolate = config.isolate
   started = time.perf_counter()
+  limit = measure.ISA_LIMITS.get(config.isa_limit, {})
+  os.environ.update(limit)  # Inherited by every measurement's process.
   described = machine.describe()
   report = {"command": " ".join(["python -m cpc_tf.benchmark"] +
                                 sys.argv[1:]),
             "load_before": machine.load(), "machine": described,
-            "isa": described["isa"],
+            "isa": described["isa"], "isa_limit": config.isa_limit,
             "flop_counting": (
                 "cpc_tf.perf.flops.graph_flops on the concrete function of one "
                 "forward+backward step (static shapes): Conv2D, "
@@ -154,9 +167,9 @@ def run_all(config):
       "numpy_peak", {"sizes": [512, 1024] if quick else
                      list(measure.MATMUL_SIZES), "repeats": 2 if quick else 5},
       isolate,
-      unset=measure.OPENBLAS_PINS)
+      unset=() if limit else measure.OPENBLAS_PINS)
   report["numpy_peak"]["unset"] = [k for k in measure.OPENBLAS_PINS
-                                   if k in os.environ]
+                                   if k in os.environ and not limit]
   report["pipeline"] = runner.run(
       "pipeline", {"dataset": config.dataset, "batch_size": batch,
                    "batches": 3 if quick else 20, "repeats": repeats},

@@ -4,6 +4,7 @@ No test here asserts a time: the machine is shared, timings are not.
 """
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cpc_tf import benchmark
 from cpc_tf.perf import flops
+from cpc_tf.perf import measure
 from cpc_tf.perf import op_profile
 from cpc_tf.perf import summary
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, flag_error
 
 
 def _grads_fn(layer, shape):
@@ -253,3 +256,21 @@ def test_benchmark_writes_documented_keys(tmp_path):
   assert tempfile.gettempdir() not in out_json.read_text()
   assert "<tmp>/cpc_benchmark_trace_" in out_json.read_text()
   assert "Where the tiny float32 step's time goes" in out_md.read_text()
+
+
+def test_isa_limit_makes_onednn_run_avx2_kernels():
+  """--isa_limit=avx2's environment, inherited by a measurement's process,
+  makes TensorFlow's oneDNN dispatch to its AVX2 kernels (also on an
+  AVX-512 CPU); it needs one process per measurement."""
+  env = dict(os.environ, ONEDNN_VERBOSE="1", **measure.ISA_LIMITS["avx2"])
+  proc = subprocess.run(
+      [sys.executable, "-c", "import tensorflow as tf; x = tf.ones([64, 64])"
+       "; tf.function(tf.matmul)(x, x).numpy()"],
+      env=env, capture_output=True, text=True, timeout=300, check=True)
+  isa = [line for line in proc.stdout.splitlines()
+         if line.startswith("onednn_verbose") and ",isa:" in line]
+  assert isa and isa[0].endswith("isa:Intel AVX2"), isa
+  assert flag_error(benchmark.BenchmarkConfig, "--isa_limit=avx2",
+                    "--noisolate") == (
+      "error: --isa_limit=avx2 needs --isolate: the limit applies to "
+      "processes started after it is set")

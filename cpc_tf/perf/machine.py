@@ -28,7 +28,8 @@ def isa():
 
 
 def describe():
-  """CPU, cores, ISA, TensorFlow's thread and oneDNN settings."""
+  """CPU, cores, ISA, TensorFlow's thread and oneDNN settings, and the
+  kernel dispatch limits of oneDNN and OpenBLAS."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   cpu = _cpuinfo("model name") or platform.processor()
   return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa(),
@@ -38,6 +39,10 @@ def describe():
           "inter_op_threads": tf.config.threading
                               .get_inter_op_parallelism_threads(),
           "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+          "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA",
+                                               "default (all)"),
+          "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE",
+                                              "default (detected)"),
           "ld_preload": os.environ.get("LD_PRELOAD", "")}
 
 

@@ -10,6 +10,14 @@ def markdown(report):
            f"{report['machine']['tensorflow']}; load average before "
            f"{report['load_before']}, after {report['load_after']}; "
            f"{report['wall_seconds']:.0f} s in all.", ""]
+  if report.get("isa_limit", "none") != "none":
+    described = report["machine"]
+    lines += [
+        f"**ISA limited to {report['isa_limit'].upper()}** (an "
+        f"{report['isa_limit'].upper()}-only machine's kernels on this "
+        f"CPU): oneDNN `ONEDNN_MAX_CPU_ISA={described['onednn_max_cpu_isa']}`"
+        f", OpenBLAS `OPENBLAS_CORETYPE={described['openblas_coretype']}`; "
+        "the cores' caches, memory and OS are this machine's.", ""]
   head = []
   if "mfu" in report:
     head.append(f"**MFU (tiny, float32): {100 * report['mfu']:.1f}%** of "

@@ -20,6 +20,12 @@ MATMUL_SIZES = (1024, 2048, 4096)
 # Settings that pin OpenBLAS (numpy's BLAS) to a slower kernel; unset for
 # the numpy peak alone, which asks what this CPU can do.
 OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# --isa_limit: what an AVX-512 CPU runs as an AVX2-only one would, set in
+# the environment before oneDNN (in TensorFlow) and OpenBLAS (in numpy) load:
+# their kernel dispatch. TensorFlow's other (Eigen) kernels are built for
+# AVX either way.
+ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2",
+                       "OPENBLAS_CORETYPE": "Haswell"}}
 DEMO_FLAGS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))), "flags", "demo_cpu.flags")
 # What a geometry sets of a PretrainConfig: patches, directions, the

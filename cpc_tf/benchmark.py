@@ -146,11 +146,18 @@ def run_all(config):
   started = time.perf_counter()
   limit = measure.ISA_LIMITS.get(config.isa_limit, {})
   os.environ.update(limit)  # Inherited by every measurement's process.
+  # TensorFlow sends bfloat16 to oneDNN by the CPU's own flags, and oneDNN
+  # limited to AVX2 then aborts: an AVX2 machine's bfloat16 is not simulated.
+  bfloat16 = config.bfloat16 and not limit
   described = machine.describe()
   report = {"command": " ".join(["python -m cpc_tf.benchmark"] +
                                 sys.argv[1:]),
             "load_before": machine.load(), "machine": described,
             "isa": described["isa"], "isa_limit": config.isa_limit,
+            **({"bfloat16_skipped": f"--isa_limit={config.isa_limit}: "
+                "TensorFlow routes bfloat16 by the CPU's flags, oneDNN "
+                "limited to AVX2 has no bfloat16 kernel"}
+               if config.bfloat16 and limit else {}),
             "flop_counting": (
                 "cpc_tf.perf.flops.graph_flops on the concrete function of one "
                 "forward+backward step (static shapes): Conv2D, "
@@ -161,7 +168,7 @@ def run_all(config):
   logging.info("load before: %s", report["load_before"])
   report["peak"] = runner.run(
       "peak", {"sizes": [512, 1024] if quick else list(measure.MATMUL_SIZES),
-               "repeats": 2 if quick else 5, "bfloat16": config.bfloat16},
+               "repeats": 2 if quick else 5, "bfloat16": bfloat16},
       isolate)
   report["numpy_peak"] = runner.run(
       "numpy_peak", {"sizes": [512, 1024] if quick else
@@ -182,7 +189,7 @@ def run_all(config):
   specs = [dict(base, learn_steps=learn, xla=config.xla and not quick,
                 op_profile=config.trace_dir or tempfile.mkdtemp(
                     prefix="cpc_benchmark_trace_"))]
-  if config.bfloat16:
+  if bfloat16:
     specs.append(dict(base, precision="bfloat16", learn_steps=learn))
   if not quick:
     for extra in config.extra:

@@ -17,7 +17,9 @@ def markdown(report):
         f"{report['isa_limit'].upper()}-only machine's kernels on this "
         f"CPU): oneDNN `ONEDNN_MAX_CPU_ISA={described['onednn_max_cpu_isa']}`"
         f", OpenBLAS `OPENBLAS_CORETYPE={described['openblas_coretype']}`; "
-        "the cores' caches, memory and OS are this machine's.", ""]
+        "the cores' caches, memory and OS are this machine's."
+        + (f" bfloat16 not measured ({report['bfloat16_skipped']})."
+           if "bfloat16_skipped" in report else ""), ""]
   head = []
   if "mfu" in report:
     head.append(f"**MFU (tiny, float32): {100 * report['mfu']:.1f}%** of "

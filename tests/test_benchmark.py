@@ -219,6 +219,12 @@ def test_benchmark_writes_documented_keys(tmp_path):
       report["best_float32_peak"])
   assert report["mfu_vs_best_peak"] <= report["mfu"]
   assert 0.0 <= report["sys_share"] < 1.0
+  # What the kernel did per step (the profile of sys_share).
+  assert set(report["kernel_events_per_step"]) == {
+      "minor_page_faults", "major_page_faults", "voluntary_context_switches",
+      "involuntary_context_switches"}
+  assert all(v >= 0 for v in report["kernel_events_per_step"].values())
+  assert "context switches per step" in out_md.read_text()
   assert "ISA " in out_md.read_text()
   assert report["peak"]["float32"]["flops_per_sec"] > 0
   assert report["pipeline"]["images_per_sec"] > 0

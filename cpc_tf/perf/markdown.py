@@ -26,7 +26,8 @@ def markdown(report):
                 f"TensorFlow's matmul peak, "
                 f"{100 * report['mfu_vs_best_peak']:.1f}% of the best "
                 f"(`mfu_vs_best_peak`); kernel time "
-                f"{100 * report['sys_share']:.1f}% of the step's CPU time")
+                f"{100 * report['sys_share']:.1f}% of the step's CPU time"
+                + _kernel_events(report.get("kernel_events_per_step")))
   if "pipeline_to_step_ratio" in report:
     head.append(f"pipeline alone / step: "
                 f"{report['pipeline_to_step_ratio']:.1f}x")
@@ -160,3 +161,13 @@ def _op_profile_markdown(p):
 
 def _fmt_time(seconds):
   return f"{seconds * 1e3:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _kernel_events(events):
+  """' (N minor page faults, M context switches per step)', or ''."""
+  if not events:
+    return ""
+  switches = (events["voluntary_context_switches"] +
+              events["involuntary_context_switches"])
+  return (f" ({events['minor_page_faults']:.0f} minor page faults, "
+          f"{switches:.0f} context switches per step)")

@@ -26,6 +26,12 @@ OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # AVX either way.
 ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2",
                        "OPENBLAS_CORETYPE": "Haswell"}}
+# What the kernel did for the step, from getrusage (all threads): where
+# system time goes (page faults from allocation churn, thread wake-ups).
+_KERNEL_EVENTS = {"minor_page_faults": "ru_minflt",
+                  "major_page_faults": "ru_majflt",
+                  "voluntary_context_switches": "ru_nvcsw",
+                  "involuntary_context_switches": "ru_nivcsw"}
 DEMO_FLAGS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))), "flags", "demo_cpu.flags")
 # What a geometry sets of a PretrainConfig: patches, directions, the
@@ -276,12 +282,16 @@ def measure_train(spec):
     if spec.end_to_end:
       run(real, k)
     user = system = 0.0  # CPU seconds of the in-memory steps.
+    events = dict.fromkeys(_KERNEL_EVENTS, 0)
     for _ in range(spec.repeats):
       before = resource.getrusage(resource.RUSAGE_SELF)
       memory_times.append(run(memory, k)[0] / k)
       after = resource.getrusage(resource.RUSAGE_SELF)
       user += after.ru_utime - before.ru_utime
       system += after.ru_stime - before.ru_stime
+      for name, field_name in _KERNEL_EVENTS.items():
+        events[name] += getattr(after, field_name) - getattr(before,
+                                                             field_name)
       if spec.end_to_end:
         real_times.append(run(real, k)[0] / k)
     step = machine.stats(memory_times)
@@ -296,7 +306,9 @@ def measure_train(spec):
             "user": user / (k * spec.repeats),
             "system": system / (k * spec.repeats)},
         # Kernel time: thread-pool waits, page faults, allocation churn.
-        "sys_share": system / max(user + system, 1e-9)})
+        "sys_share": system / max(user + system, 1e-9),
+        "kernel_events_per_step": {name: count / (k * spec.repeats)
+                                   for name, count in events.items()}})
     if spec.end_to_end:
       e2e = machine.stats(real_times)
       ratios = [m / r for m, r in zip(memory_times, real_times)]

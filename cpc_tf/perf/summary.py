@@ -43,6 +43,7 @@ def summarise(report):
   report["mfu"] = tiny["mfu"]
   report["mfu_vs_best_peak"] = tiny["mfu_vs_best_peak"]
   report["sys_share"] = tiny["sys_share"]
+  report["kernel_events_per_step"] = tiny["kernel_events_per_step"]
   pipeline = report["pipeline"].get("images_per_sec")
   if pipeline:
     report["pipeline_to_step_ratio"] = pipeline / tiny["images_per_sec"]

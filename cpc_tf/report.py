@@ -100,8 +100,7 @@ class ReportConfig:
   @property
   def fractions(self):
     """Every label fraction of the sweep, ascending: the table's columns."""
-    return tuple(sorted(set(self.label_fractions) |
-                        set(self.linear_fractions)))
+    return all_fractions(self.label_fractions, self.linear_fractions)
 
   def validate(self):
     """Raises ValueError naming the first bad value and what is allowed."""
@@ -161,6 +160,11 @@ def command(method, fraction, sweep_dir, encoder, flagfiles, seed=None):
   return args
 
 
+def all_fractions(fractions, linear_fractions=()):
+  """The label fractions of the other and the linear methods, ascending."""
+  return tuple(sorted(set(fractions) | set(linear_fractions)))
+
+
 def plan(methods, fractions, eval_seeds=(0,), linear_fractions=()):
   """(method, fraction, seed) in run order, seeds as `run_seeds` gives
   them: one seed's whole sweep before the next seed's (an interrupted sweep
@@ -175,8 +179,8 @@ def plan(methods, fractions, eval_seeds=(0,), linear_fractions=()):
                                         list(METHODS).index(m)))
   at = {m: linear_fractions if m.endswith("linear") and linear_fractions
         else fractions for m in order}
-  every = sorted(set(fractions) | set(linear_fractions))
-  return [(m, f, s) for s in run_seeds(eval_seeds) for f in every
+  return [(m, f, s) for s in run_seeds(eval_seeds)
+          for f in all_fractions(fractions, linear_fractions)
           for m in order if f in at[m]]
 
 
